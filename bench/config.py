@@ -1,0 +1,207 @@
+"""Typed run configuration, its canonical form and the run id.
+
+A run is fully described by a frozen ``RunConfig``. Its identity is a short hash of the canonical
+JSON of the config with every default-valued field left out, so that adding a new field with a
+no-op default keeps every existing run id (and every finished run on disk) valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from bench.errors import UserError
+
+LAYER_POLICIES = ("all", "dense_first", "dense_last", "dense_first_last")
+DISTRIBUTIONS = ("default", "uniform", "erk", "learned")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist1d"
+    # MNIST-1D generator settings (its own defaults: 5000 samples, 80% train -> 4000/1000).
+    num_samples: int = 5000
+    train_split: float = 0.8
+    # For image datasets: train on the first `train_subset` examples only (0 = all).
+    train_subset: int = 0
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mnist1d_cnn"
+    # Width multiplier of the hidden layers; thin dense solves for it.
+    width: float = 1.0
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "dense"
+    # The method's own hyperparameter dataclass (frozen); None means the method's defaults.
+    hparams: Any = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    # For "step": epochs at which the lr is multiplied by gamma.
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    precision: str = "fp32"
+    device: str = "auto"
+    eval_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    # Fraction of prunable weights that are zero; 0.0 = dense.
+    target: float = 0.0
+    layer_policy: str = "all"
+    # "default" lets the method pick its own (uniform for static/GMP, learned for SNIP, ...).
+    distribution: str = "default"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise UserError with one clear line for any value outside its valid range."""
+        target = self.sparsity.target
+        if not 0.0 <= target < 1.0:
+            raise UserError(f"sparsity {target!r} is outside [0, 1): use e.g. 0.9 for 90% zeros")
+        _check_choice("layer_policy", self.sparsity.layer_policy, LAYER_POLICIES)
+        _check_choice("distribution", self.sparsity.distribution, DISTRIBUTIONS)
+        _check_choice("optimizer", self.train.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.train.lr_schedule, LR_SCHEDULES)
+        _check_choice("precision", self.train.precision, PRECISIONS)
+        if self.train.epochs < 1 or self.train.batch_size < 1:
+            raise UserError("epochs and batch_size must be positive integers")
+        if self.model.width <= 0:
+            raise UserError(f"model width {self.model.width} must be positive")
+
+
+def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+
+
+def _is_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return value == f.default_factory()  # type: ignore[misc]
+    return False
+
+
+def canonical(obj: Any, *, drop_defaults: bool = True) -> Any:
+    """JSON-ready form of a config dataclass; default-valued fields left out when asked."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if drop_defaults and _is_default(f, value):
+                continue
+            value = canonical(value, drop_defaults=drop_defaults)
+            if drop_defaults and value == {} and is_dataclass(getattr(obj, f.name)):
+                continue
+            out[f.name] = value
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [canonical(v, drop_defaults=drop_defaults) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        # 1.0 and 1 must hash the same; TOML users write either.
+        return int(obj)
+    return obj
+
+
+def canonical_json(config: RunConfig) -> str:
+    body = canonical(config)
+    # The method name is always part of the identity, even for the default method.
+    body.setdefault("method", {})["name"] = config.method.name
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: RunConfig) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
+
+
+def run_label(config: RunConfig) -> str:
+    """Readable folder prefix: model-dataset-method-sparsity-seed."""
+    pct = f"{config.sparsity.target * 100:g}"
+    return f"{config.model.name}-{config.data.name}-{config.method.name}-s{pct}-seed{config.seed}"
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """Full (defaults included) JSON-ready form, with the hparams' own fields spelled out."""
+    return canonical(config, drop_defaults=False)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        f = known[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise UserError(
+                f"{where}.{key} = {value!r} should be a {type(default).__name__}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def make_hparams(hparams_cls: type, values: dict[str, Any], where: str) -> Any:
+    return _build(hparams_cls, values, where)
+
+
+def from_dict(body: dict[str, Any], hparams_cls: type | None = None) -> RunConfig:
+    """Inverse of ``to_dict``/``canonical``: missing fields take their defaults."""
+    parts: dict[str, Any] = {}
+    sections = {
+        "data": DataConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "sparsity": SparsityConfig,
+    }
+    for key, cls in sections.items():
+        parts[key] = _build(cls, dict(body.get(key, {})), key)
+    method_body = dict(body.get("method", {}))
+    name = method_body.pop("name", "dense")
+    hp_values = method_body.pop("hparams", None) or {}
+    if method_body:
+        raise UserError(f"unknown key(s) {', '.join(sorted(method_body))} in method")
+    hparams = make_hparams(hparams_cls, hp_values, f"method.{name}") if hparams_cls else None
+    parts["method"] = MethodConfig(name=name, hparams=hparams)
+    parts["seed"] = int(body.get("seed", 0))
+    extra = set(body) - set(sections) - {"method", "seed"}
+    if extra:
+        raise UserError(f"unknown key(s) {', '.join(sorted(extra))} in run config")
+    return RunConfig(**parts)

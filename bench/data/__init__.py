@@ -1,0 +1,49 @@
+"""Dataset registry: name -> loader(DataConfig, root) -> DataBundle.
+
+The data root is ``--data-root`` or ``$SPARSEBENCH_DATA`` (default ``~/.cache/sparsebench``).
+A dataset that is not on disk raises a UserError saying where we looked and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import DataConfig
+from bench.data import mnist1d, synthetic
+from bench.data.base import DataBundle
+from bench.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    load: Callable[[DataConfig, Path], DataBundle]
+    description: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec("mnist1d", mnist1d.load, "MNIST-1D, generated offline (4000/1000 by default)"),
+        DatasetSpec("synthetic", synthetic.load, "synthetic 3x32x32 images, 10 classes (tests)"),
+    )
+}
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("SPARSEBENCH_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "sparsebench"
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}") from None
+
+
+def load_dataset(cfg: DataConfig, root: Path | None = None) -> DataBundle:
+    return get_dataset_spec(cfg.name).load(cfg, Path(root) if root else default_data_root())

@@ -1,0 +1,92 @@
+"""A small CIFAR-shaped ResNet (He et al. 2016, §4.2: 3 stages of n basic blocks, widths
+16-32-64 times a multiplier, 1x1-conv + BN projection shortcuts where the shape changes) and
+torchvision's ResNet-50 (v1.5, stride on the 3x3 conv) for ImageNet."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.models.mnist1d import _scaled
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return torch.relu(h + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int = 8, num_classes: int = 10, input_shape=(3, 32, 32),
+                 width: float = 1.0):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n + 2")
+        n = (depth - 2) // 6
+        widths = [_scaled(w, width) for w in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        blocks: list[nn.Module] = []
+        c_in = widths[0]
+        for stage, c_out in enumerate(widths):
+            for i in range(n):
+                blocks.append(BasicBlock(c_in, c_out, 2 if (stage > 0 and i == 0) else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.blocks(h)
+        h = torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1)
+        return self.fc(h)
+
+
+def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224), width: float = 1.0) -> nn.Module:
+    """torchvision's ResNet-50 v1.5; ``width`` scales every stage (as DSR's thin dense does)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    if width == 1.0:
+        return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+    # torchvision's width_per_group scales only the bottleneck's inner width; thin dense needs
+    # every stage scaled, so build the stages at scaled planes.
+    return _scaled_resnet50(num_classes, width)
+
+
+def _scaled_resnet50(num_classes: int, width: float) -> nn.Module:
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    class ScaledResNet(ResNet):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self._norm_layer = nn.BatchNorm2d
+            self.inplanes = _scaled(64, width)
+            self.dilation = 1
+            self.groups = 1
+            self.base_width = 64
+            self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(self.inplanes)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            planes = [_scaled(p, width) for p in (64, 128, 256, 512)]
+            self.layer1 = self._make_layer(Bottleneck, planes[0], 3)
+            self.layer2 = self._make_layer(Bottleneck, planes[1], 4, stride=2)
+            self.layer3 = self._make_layer(Bottleneck, planes[2], 6, stride=2)
+            self.layer4 = self._make_layer(Bottleneck, planes[3], 3, stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(planes[3] * Bottleneck.expansion, num_classes)
+
+    return ScaledResNet()

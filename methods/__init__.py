@@ -1,0 +1,26 @@
+"""The method registry: name -> Method subclass. An unknown name is a UserError listing the
+valid ones."""
+
+from __future__ import annotations
+
+from bench.errors import UserError
+from methods.base import Method
+from methods.dense import Dense
+from methods.gmp import GMP
+from methods.static import Static
+
+REGISTRY: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        Dense,
+        Static,
+        GMP,
+    )
+}
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}; valid: {', '.join(sorted(REGISTRY))}") from None

@@ -1,0 +1,148 @@
+"""The method contract: one base class with small explicit hooks.
+
+The trainer calls the hooks in this order for every run::
+
+    model = method.build_model(make_model, target)
+    method.setup(ctx)                                   # once, before the first step
+    for each epoch:
+        for each batch:
+            loss = loss_fn(model(x), y) + method.extra_loss(model)
+            loss.backward()
+            method.after_backward(model, step)
+            optimizer.step()
+            method.after_step(model, optimizer, step)
+        method.end_epoch(model, optimizer, epoch)
+    model = method.finalize(model)
+
+A method overrides only what it needs. Everything it must carry across a resume goes through
+``state_dict``/``load_state_dict`` (tensors and plain Python values only: checkpoints are loaded
+with ``torch.load(weights_only=True)``). Masks live on the model as buffers, so they are in the
+model's state already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.config import RunConfig
+from methods.masking import Masking
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class NoHparams:
+    """For methods without hyperparameters of their own."""
+
+
+@dataclass
+class SetupContext:
+    """What ``Method.setup`` may use. ``batches`` yields training batches on the run's device
+    in a deterministic order that does not disturb the training data order."""
+
+    model: nn.Module
+    masking: Masking
+    config: RunConfig
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches: Callable[[], Iterator[Batch]]
+    steps_per_epoch: int
+    device: torch.device
+    # The method's own generator, seeded from the run seed and saved in checkpoints.
+    generator: torch.Generator
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and ``Hparams`` and override hooks as needed."""
+
+    name: ClassVar[str] = ""
+    Hparams: ClassVar[type] = NoHparams
+    # Density distribution used when the run says "default".
+    default_distribution: ClassVar[str] = "uniform"
+    # Distributions the method accepts; "learned" means the method decides per-layer densities.
+    distributions: ClassVar[tuple[str, ...]] = ("uniform", "erk")
+    # Does the method use the sparsity target at all? (dense does not)
+    uses_sparsity: ClassVar[bool] = True
+
+    def __init__(self, config: RunConfig, hparams: Any):
+        self.config = config
+        self.hparams = hparams
+        self.masking: Masking | None = None
+        self.generator = torch.Generator().manual_seed(config.seed + 7919)
+        self.steps_per_epoch = 1
+
+    # --- identity -----------------------------------------------------------------------
+    @property
+    def target(self) -> float:
+        return self.config.sparsity.target
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.config.sparsity.target
+
+    @property
+    def distribution(self) -> str:
+        d = self.config.sparsity.distribution
+        return self.default_distribution if d == "default" else d
+
+    @classmethod
+    def label(cls, config: RunConfig) -> str:
+        """The name tables and plots use: method name, plus the distribution when it is not
+        the method's default (so static-uniform and static-ERK are separate lines)."""
+        d = config.sparsity.distribution
+        if d in ("default", cls.default_distribution) or not cls.uses_sparsity:
+            return cls.name
+        return f"{cls.name}-{d}"
+
+    # --- hooks --------------------------------------------------------------------------
+    def build_model(self, make_model: Callable[[float], nn.Module], target: float) -> nn.Module:
+        """``make_model(width)`` builds the configured architecture at a width multiplier."""
+        return make_model(self.config.model.width)
+
+    def setup(self, ctx: SetupContext) -> None:
+        self.masking = ctx.masking
+        self.steps_per_epoch = ctx.steps_per_epoch
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        pass
+
+    def end_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        pass
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific facts for result.json (e.g. calibrated knobs, rewiring counts)."""
+        return {}
+
+    # --- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class MaskedMethod(Method):
+    """A method whose masks are fixed between its own explicit updates: keeps the invariant
+    (masked weights exactly zero) after every optimizer step, and masks gradients so that
+    momentum and Adam moments never accumulate on pruned positions."""
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        assert self.masking is not None
+        self.masking.mask_gradients()
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        assert self.masking is not None
+        self.masking.apply()

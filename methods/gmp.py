@@ -1,0 +1,93 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune").
+
+Schedule as in TensorFlow's ``contrib/model_pruning/python/pruning.py``
+(``Pruning._setup_sparsity``), the implementation RigL uses for its pruning baseline::
+
+    p   = clip((t - t_begin) / (t_end - t_begin), 0, 1)
+    s_t = s_f + (s_i - s_f) * (1 - p) ** 3
+
+Masks are updated every ``frequency`` steps inside [t_begin, t_end]; at each update every layer
+keeps its largest-magnitude weights so that its sparsity is s_t (per-layer, so the final
+distribution is the run's: uniform by default, ERK on request). Pruned weights get zero gradient
+and stay zero, so the mask only shrinks. Defaults are RigL's CIFAR setting
+(``rigl/cifar_resnet/resnet_train_eval.py``: begin 20000, end 75000, frequency 1000 of 97656
+steps, ``threshold_decay=0``) expressed as fractions of the run's total steps, so that the same
+schedule shape applies to a 20-epoch MNIST-1D run and a 250-epoch CIFAR run.
+
+Deviation, on purpose: the TF library finds the threshold from a 256-bin histogram of |W|; we
+take an exact per-layer top-k, so every update hits its nonzero count exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.base import MaskedMethod, SetupContext
+from methods.masking import kept_count, layer_densities, topk_mask
+
+RIGL_CIFAR_STEPS = 97656
+
+
+@dataclass(frozen=True)
+class GMPHparams:
+    begin_fraction: float = 20000 / RIGL_CIFAR_STEPS
+    end_fraction: float = 75000 / RIGL_CIFAR_STEPS
+    frequency_fraction: float = 1000 / RIGL_CIFAR_STEPS
+    initial_sparsity: float = 0.0
+    exponent: int = 3
+
+
+def cubic_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float, exponent: int) -> float:
+    p = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
+    return s_f + (s_i - s_f) * (1.0 - p) ** exponent
+
+
+class GMP(MaskedMethod):
+    name = "gmp"
+    Hparams = GMPHparams
+
+    def setup(self, ctx: SetupContext) -> None:
+        super().setup(ctx)
+        hp = self.hparams
+        total = ctx.steps_per_epoch * ctx.config.train.epochs
+        self.begin = int(round(hp.begin_fraction * total))
+        self.end = max(self.begin, int(round(hp.end_fraction * total)))
+        self.frequency = max(1, int(round(hp.frequency_fraction * total)))
+        shapes = ctx.masking.shapes()
+        self.final_densities = layer_densities(shapes, self.density, self.distribution)
+
+    def is_update_step(self, step: int) -> bool:
+        if step < self.begin or step > self.end:
+            return False
+        return (step - self.begin) % self.frequency == 0 or step == self.end
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        # `step` counts optimizer steps already taken (1-based), like TF's global_step after it.
+        super().after_step(model, optimizer, step)
+        if not self.is_update_step(step):
+            return
+        hp = self.hparams
+        masking = self.masking
+        assert masking is not None
+        for name, weight in masking.weights().items():
+            s_final = 1.0 - self.final_densities[name]
+            s_t = cubic_sparsity(step, self.begin, self.end, hp.initial_sparsity, s_final,
+                                 hp.exponent)
+            n_keep = kept_count(weight.numel(), 1.0 - s_t)
+            current = masking.masks[name]
+            if n_keep >= int(current.sum()):
+                continue
+            masking.set_mask(name, topk_mask(weight.abs() * current, n_keep))
+        masking.apply()
+
+
+def schedule_points(begin: int, end: int, frequency: int) -> list[int]:
+    """The steps at which masks change (for documentation and tests)."""
+    points = list(range(begin, end + 1, frequency))
+    if points[-1] != end:
+        points.append(end)
+    return points
