@@ -155,7 +155,9 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return canonical(config, drop_defaults=False)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate a config dataclass from parsed TOML/JSON, rejecting unknown keys and
+    values of the wrong type with a UserError that names `where`."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -179,7 +181,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 def make_hparams(hparams_cls: type, values: dict[str, Any], where: str) -> Any:
-    return _build(hparams_cls, values, where)
+    return build_dataclass(hparams_cls, values, where)
 
 
 def from_dict(body: dict[str, Any], hparams_cls: type | None = None) -> RunConfig:
@@ -192,7 +194,7 @@ def from_dict(body: dict[str, Any], hparams_cls: type | None = None) -> RunConfi
         "sparsity": SparsityConfig,
     }
     for key, cls in sections.items():
-        parts[key] = _build(cls, dict(body.get(key, {})), key)
+        parts[key] = build_dataclass(cls, dict(body.get(key, {})), key)
     method_body = dict(body.get("method", {}))
     name = method_body.pop("name", "dense")
     hp_values = method_body.pop("hparams", None) or {}

@@ -4,7 +4,9 @@ The trainer calls the hooks in this order for every run::
 
     model = method.build_model(make_model, target)
     method.setup(ctx)                                   # once, before the first step
-    for each epoch:
+    for each phase (usually one):
+      model = method.start_phase(i, model, ctx)         # may replace the model
+      for each epoch:
         for each batch:
             loss = loss_fn(model(x), y) + method.extra_loss(model)
             loss.backward()
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from bench.config import RunConfig
+from bench.config import RunConfig, TrainConfig
 from methods.masking import Masking
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -54,6 +57,23 @@ class SetupContext:
     device: torch.device
     # The method's own generator, seeded from the run seed and saved in checkpoints.
     generator: torch.Generator
+    # The run root (for reusing other runs, e.g. the dense run EigenDamage starts from, and
+    # for caches such as STR's calibration) and the data root.
+    root: Path | None = None
+    data_root: Path | None = None
+    # True when the trainer is about to restore a checkpoint: rebuild structure (new modules,
+    # reparameterisations) but skip expensive work whose result the checkpoint holds anyway.
+    resuming: bool = False
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own recipe. Most methods have one phase (the run's
+    recipe); EigenDamage has "prune + fine-tune" after loading the dense run. The trainer
+    rebuilds the optimizer at every phase start and when ``start_phase`` replaces the model."""
+
+    name: str
+    train: TrainConfig
 
 
 class Method:
@@ -106,6 +126,18 @@ class Method:
     def setup(self, ctx: SetupContext) -> None:
         self.masking = ctx.masking
         self.steps_per_epoch = ctx.steps_per_epoch
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.config.train)]
+
+    def start_phase(self, index: int, model: nn.Module, ctx: SetupContext) -> nn.Module:
+        """Called at the start of phase `index` (and again when resuming inside it, with
+        ``ctx.resuming`` true). Return the model to train: the same one, or a replacement."""
+        return model
+
+    def dependencies(self) -> list[RunConfig]:
+        """Runs that must finish before this one starts (e.g. the dense run to prune)."""
+        return []
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None

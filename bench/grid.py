@@ -1,0 +1,286 @@
+"""Grid files (TOML) -> run configs.
+
+A grid is the product models x datasets x methods x sparsities x seeds::
+
+    name = "smoke"
+    [axes]
+    models = ["mnist1d_cnn"]
+    datasets = ["mnist1d"]
+    methods = ["dense", "static", "static-erk", "gmp"]
+    sparsities = [0.5, 0.9]
+    seeds = [0]
+
+    [train]                 # TrainConfig fields for every run (the recipe)
+    epochs = 20
+    [data]                  # DataConfig fields (besides the name)
+    [sparsity]              # layer_policy, distribution
+    [method.gmp]            # per-method settings: the method's hyperparameters...
+    end_fraction = 0.75
+    [method.gmp.train]      # ...and train/data/sparsity/model overrides for that method only
+    epochs = 30
+    [method.static-erk]     # a variant: a new name for a registered method with overrides
+    method = "static"
+    sparsity = { distribution = "erk" }
+    [slurm]                 # launcher settings, read by bench.launch
+
+Methods that ignore the sparsity target (dense) get one run per (model, dataset, seed) at
+sparsity 0. Grids are parsed, never evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from bench.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    SparsityConfig,
+    TrainConfig,
+    build_dataclass,
+    run_id,
+)
+from bench.data import get_dataset_spec
+from bench.errors import UserError
+from bench.models import get_model_spec
+from methods import get_method
+
+AXES = ("models", "datasets", "methods", "sparsities", "seeds")
+TOP_LEVEL = ("name", "description", "axes", "train", "data", "sparsity", "model", "method",
+             "slurm")
+SECTIONS = {"train": TrainConfig, "data": DataConfig, "sparsity": SparsityConfig,
+            "model": ModelConfig}
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One expanded run and the grid entry it came from (a method name or variant name)."""
+
+    config: RunConfig
+    entry: str
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.config)
+
+
+@dataclass
+class Grid:
+    name: str
+    path: str
+    runs: list[GridRun]
+    slurm: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def builtin_grids() -> dict[str, Path]:
+    folder = resources.files("bench") / "grids"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_grid_path(spec: str) -> Path:
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise UserError(f"grid file {spec} does not exist")
+        return path
+    grids = builtin_grids()
+    if spec in grids:
+        return grids[spec]
+    raise UserError(f"unknown grid {spec!r}: not a file and not a built-in grid; "
+                    f"built-in: {', '.join(sorted(grids))}")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*(\[[^\]]*\b{re.escape(key)}\b[^\]]*\]|\"?{re.escape(key)}\"?\s*=)")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.search(line):
+            return number
+    return None
+
+
+class _Where:
+    """Builds 'file:line: message' errors for a grid file."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def error(self, key: str, message: str) -> UserError:
+        line = _line_of(self.text, key)
+        return UserError(f"{self.path}:{line if line else 1}: {message}")
+
+
+def load_grid(spec: str) -> Grid:
+    path = resolve_grid_path(spec)
+    text = path.read_text()
+    try:
+        body = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        line = match.group(1) if match else "1"
+        raise UserError(f"{path}:{line}: malformed grid: {exc}") from None
+    return expand(body, path, text)
+
+
+def _section(cls: type, values: Any, where: _Where, key: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise where.error(key, f"[{key}] must be a table")
+    known = {f.name for f in fields(cls)}
+    for k in values:
+        if k not in known:
+            raise where.error(k, f"unknown key {k!r} in [{key}]; valid: {', '.join(sorted(known))}")
+    return dict(values)
+
+
+def _build(cls: type, values: dict[str, Any], where: _Where, key: str) -> Any:
+    try:
+        return build_dataclass(cls, values, key)
+    except UserError as exc:
+        raise where.error(key.split(".")[-1], str(exc)) from None
+
+
+def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
+    where = _Where(path, text)
+    for key in body:
+        if key not in TOP_LEVEL:
+            raise where.error(key, f"unknown top-level key {key!r}; valid: {', '.join(TOP_LEVEL)}")
+    axes = body.get("axes")
+    if not isinstance(axes, dict):
+        raise where.error("axes", "the grid needs an [axes] table with " + ", ".join(AXES))
+    for key in axes:
+        if key not in AXES:
+            raise where.error(key, f"unknown axis {key!r}; valid: {', '.join(AXES)}")
+    values: dict[str, list] = {}
+    for axis in AXES:
+        value = axes.get(axis)
+        if not isinstance(value, list) or not value:
+            raise where.error(axis if axis in axes else "axes",
+                              f"axis {axis!r} must be a non-empty list")
+        values[axis] = value
+
+    for name in values["models"]:
+        try:
+            get_model_spec(name)
+        except UserError as exc:
+            raise where.error("models", str(exc)) from None
+    for name in values["datasets"]:
+        try:
+            get_dataset_spec(name)
+        except UserError as exc:
+            raise where.error("datasets", str(exc)) from None
+    for s in values["sparsities"]:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s < 1.0:
+            raise where.error("sparsities", f"sparsity {s!r} is outside [0, 1): "
+                              "use e.g. 0.9 for 90% zeros")
+    for seed in values["seeds"]:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise where.error("seeds", f"seed {seed!r} must be a non-negative integer")
+
+    common = {key: _section(cls, body.get(key, {}), where, key) for key, cls in SECTIONS.items()}
+    for key in ("name",):
+        common["data"].pop(key, None)
+        common["model"].pop(key, None)
+    method_tables = body.get("method", {})
+    if not isinstance(method_tables, dict):
+        raise where.error("method", "[method] must hold one table per method, e.g. [method.gmp]")
+
+    runs: dict[str, GridRun] = {}
+    for entry in values["methods"]:
+        table = dict(method_tables.get(entry, {}))
+        method_name = table.pop("method", entry)
+        try:
+            method_cls = get_method(method_name)
+        except UserError as exc:
+            raise where.error(entry, str(exc)) from None
+        overrides = {key: _section(cls, table.pop(key, {}), where, f"method.{entry}.{key}")
+                     for key, cls in SECTIONS.items()}
+        hparams = _build(method_cls.Hparams, table, where, f"method.{entry}")
+        sparsities = values["sparsities"] if method_cls.uses_sparsity else [0.0]
+        for model in values["models"]:
+            for dataset in values["datasets"]:
+                for seed in values["seeds"]:
+                    for target in sparsities:
+                        parts = {
+                            key: _build(cls, {**common[key], **overrides[key]}, where, key)
+                            for key, cls in SECTIONS.items()
+                        }
+                        config = RunConfig(
+                            data=replace(parts["data"], name=dataset),
+                            model=replace(parts["model"], name=model),
+                            method=MethodConfig(name=method_name, hparams=hparams),
+                            train=parts["train"],
+                            sparsity=replace(parts["sparsity"], target=float(target)),
+                            seed=seed,
+                        )
+                        if config.sparsity.distribution not in ("default",
+                                                                *method_cls.distributions):
+                            raise where.error(
+                                "distribution",
+                                f"method {method_name!r} does not take distribution "
+                                f"{config.sparsity.distribution!r}; valid: "
+                                f"{', '.join(method_cls.distributions)}")
+                        try:
+                            config.validate()
+                        except UserError as exc:
+                            raise where.error(entry, str(exc)) from None
+                        run = GridRun(config, entry)
+                        runs.setdefault(run.run_id, run)
+    slurm = body.get("slurm", {})
+    if not isinstance(slurm, dict):
+        raise where.error("slurm", "[slurm] must be a table")
+    return Grid(name=str(body.get("name", path.stem)), path=str(path), runs=list(runs.values()),
+                slurm=slurm, description=str(body.get("description", "")))
+
+
+def parse_only(spec: str | None) -> dict[str, str]:
+    """``--only model=mnist1d_cnn,method=gmp`` -> {"model": "mnist1d_cnn", "method": "gmp"}."""
+    if not spec:
+        return {}
+    out: dict[str, str] = {}
+    valid = ("model", "dataset", "method", "sparsity", "seed")
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in valid:
+            raise UserError(f"--only takes key=value pairs separated by commas with keys "
+                            f"{', '.join(valid)}; got {part!r}")
+        out[key] = value.strip()
+    return out
+
+
+def matches(run: GridRun, only: dict[str, str]) -> bool:
+    cfg = run.config
+    for key, value in only.items():
+        if key == "model" and cfg.model.name != value:
+            return False
+        if key == "dataset" and cfg.data.name != value:
+            return False
+        if key == "method" and value not in (run.entry, cfg.method.name):
+            return False
+        if key == "sparsity" and abs(cfg.sparsity.target - float(value)) > 1e-9:
+            return False
+        if key == "seed" and cfg.seed != int(value):
+            return False
+    return True
+
+
+def select(grid: Grid, only: dict[str, str]) -> list[GridRun]:
+    if "sparsity" in only:
+        try:
+            float(only["sparsity"])
+        except ValueError:
+            raise UserError(f"--only sparsity={only['sparsity']} is not a number") from None
+    if "seed" in only and not only["seed"].isdigit():
+        raise UserError(f"--only seed={only['seed']} is not a non-negative integer")
+    return [run for run in grid.runs if matches(run, only)]

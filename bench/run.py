@@ -1,0 +1,151 @@
+"""One run: idempotent (a finished run is skipped), resumable (from its checkpoint), and a
+failure is data (``result.json`` with ``status: "failed"`` and the reason; the grid goes on).
+
+``result.json`` is written last and atomically; ``model.pt`` (the final weights) just before it,
+so a run that has a result always has its model for methods that reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import bench
+from bench import store
+from bench.config import RunConfig, run_id, run_label, to_dict
+from bench.flops import count
+from bench.store import RESULT_SCHEMA_VERSION
+from bench.train import Diverged, Interrupted, Trainer, resolve_device, resolve_hparams
+from methods import get_method
+
+MODEL_FILE = "model.pt"
+
+
+def run_folder(root: Path, config: RunConfig) -> Path:
+    return store.run_dir(Path(root), run_label(config), run_id(config))
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sparsebench": bench.__version__,
+        "git": _git_revision(),
+    }
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _logger(folder: Path) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        with open(folder / store.LOG, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    return log
+
+
+def _write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
+    store.atomic_write_text(folder / store.METRICS,
+                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def run_one(
+    config: RunConfig,
+    root: Path,
+    data_root: Path | None = None,
+    *,
+    retry_failed: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    stop_after_epoch: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train `config` under `root` unless it is already done; return its result.
+
+    Raises ``Interrupted`` when `should_stop` or `stop_after_epoch` stopped it (a checkpoint is
+    on disk and the next call resumes from it).
+    """
+    config = resolve_hparams(config)
+    config.validate()
+    method_cls = get_method(config.method.name)
+    folder = run_folder(root, config)
+    existing = store.read_result(folder)
+    if existing is not None:
+        if existing.get("status") == "ok" or not retry_failed:
+            return existing
+        # A retried failure starts from scratch: its checkpoint may hold the diverged state.
+        (folder / store.RESULT).unlink()
+        (folder / store.CHECKPOINT).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / store.CONFIG).exists():
+        store.atomic_write_json(folder / store.CONFIG, to_dict(config))
+    log = _logger(folder)
+    rid = run_id(config)
+    log(f"run {rid} on {resolve_device(config.train.device)}")
+
+    base = {
+        "schema": RESULT_SCHEMA_VERSION,
+        "run_id": rid,
+        "config": to_dict(config),
+        "method_label": method_cls.label(config),
+        "device": str(resolve_device(config.train.device)),
+        "versions": versions(),
+    }
+    trainer = Trainer(config, folder, root=Path(root), data_root=data_root,
+                      should_stop=should_stop, stop_after_epoch=stop_after_epoch, log=log,
+                      progress=progress, on_epoch=lambda h: _write_metrics(folder, h))
+    started = time.perf_counter()
+    try:
+        outcome = trainer.run()
+    except Interrupted as stop:
+        log(f"interrupted: {stop}")
+        raise
+    except (Diverged, Exception) as exc:  # noqa: B014 - Diverged named for the reader
+        log("failed:\n" + traceback.format_exc())
+        result = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                  "wall_time_s": time.perf_counter() - started}
+        store.atomic_write_json(folder / store.RESULT, result)
+        return result
+
+    counts = count(outcome.model, outcome.data.input_shape)
+    store.atomic_torch_save(outcome.model.state_dict(), folder / MODEL_FILE)
+    result = {
+        **base,
+        "status": "ok",
+        "error": None,
+        "distribution": outcome.method.distribution,
+        "top1": outcome.final["top1"],
+        "top5": outcome.final.get("top5"),
+        "test_loss": outcome.final["test_loss"],
+        "counts": counts.as_dict(),
+        "layers": counts.layer_table(),
+        "train_flops": outcome.train_flops,
+        "history": outcome.history,
+        "method_summary": outcome.method.summary(),
+        "wall_time_s": outcome.wall_time_s,
+    }
+    store.atomic_write_json(folder / store.RESULT, result)
+    log(f"done: top1={result['top1']:.2f} nonzero={counts.params_nonzero}")
+    # The checkpoint is no longer needed once the result and final model are on disk.
+    (folder / store.CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:
+    """The final weights of a finished run (e.g. the dense run EigenDamage starts from)."""
+    path = run_folder(root, resolve_hparams(config)) / MODEL_FILE
+    return torch.load(path, map_location="cpu", weights_only=True)
