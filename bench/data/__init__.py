@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.config import DataConfig
-from bench.data import mnist1d, synthetic
+from bench.data import cifar, imagefolder, mnist, mnist1d, synthetic
 from bench.data.base import DataBundle
 from bench.errors import UserError
 
@@ -29,6 +29,12 @@ DATASETS: dict[str, DatasetSpec] = {
     for s in (
         DatasetSpec("mnist1d", mnist1d.load, "MNIST-1D, generated offline (4000/1000 by default)"),
         DatasetSpec("synthetic", synthetic.load, "synthetic 3x32x32 images, 10 classes (tests)"),
+        DatasetSpec("cifar10", cifar.load_cifar10, "CIFAR-10, 3x32x32, 10 classes"),
+        DatasetSpec("cifar100", cifar.load_cifar100, "CIFAR-100, 3x32x32, 100 fine classes"),
+        DatasetSpec("mnist", mnist.load, "MNIST, 1x28x28, 10 classes (IDX files)"),
+        DatasetSpec("imagenet", imagefolder.load_imagenet, "ImageNet-1k, 3x224x224 (ImageFolder)"),
+        DatasetSpec("tinyimagenet", imagefolder.load_tinyimagenet,
+                    "Tiny-ImageNet-200, 3x64x64, 200 classes"),
     )
 }
 

@@ -1,0 +1,99 @@
+"""MNIST from the IDX files as torchvision stores them:
+``<root>/MNIST/raw/train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each either plain or gzipped (``.gz``).
+Loaded into memory as normalised float32 (1, 28, 28) tensors.
+
+MNIST has no standard train-time augmentation (LeNet-300-100 / LeNet-5 are trained on the plain
+images), so ``augment = true`` is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from bench.config import DataConfig
+from bench.data.base import DataBundle
+from bench.errors import UserError
+
+SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics, values in [0, 1]
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_UBYTE = 0x08  # IDX type code of unsigned bytes, the only one MNIST uses
+
+
+def raw_folder(root: Path) -> Path:
+    return Path(root) / "MNIST" / "raw"
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes: magic (0, 0, 0x08, ndim), ndim big-endian int32 sizes,
+    then the data in C order."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            blob = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable IDX file ({e!r})") from None
+    header = 4 + 4 * ndim
+    if len(blob) < header or blob[:4] != bytes((0, 0, _UBYTE, ndim)):
+        raise UserError(f"{path} is not an IDX file of {ndim}-d unsigned bytes "
+                        f"(header {blob[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", blob[4:header])
+    expected = header + int(np.prod(dims))
+    if len(blob) != expected:
+        raise UserError(f"{path} has {len(blob)} bytes; its header {dims} says {expected}")
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_split(folder: Path, paths: dict[str, Path], split: str):
+    images = read_idx(paths[f"{split}_images"], 3)
+    labels = read_idx(paths[f"{split}_labels"], 1).astype(np.int64)
+    if images.shape[1:] != SHAPE[1:] or len(images) != len(labels):
+        raise UserError(f"MNIST {split} files in {folder} disagree: images {images.shape}, "
+                        f"{len(labels)} labels")
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        raise UserError(f"MNIST {split} labels in {folder} go up to {labels.max()}")
+    x = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32)
+    return x.div_(255.0).sub_(MEAN).div_(STD), torch.from_numpy(labels)
+
+
+def load(cfg: DataConfig, root: Path) -> DataBundle:
+    if cfg.augment:
+        raise UserError("mnist has no train-time augmentation; set data.augment = false")
+    folder = raw_folder(root)
+    found = {key: find_file(folder, name) for key, name in FILES.items()}
+    missing = [FILES[k] for k, p in found.items() if p is None]
+    if missing:
+        raise UserError(
+            f"mnist not found: looked in {folder} for {', '.join(missing)} (or .gz); get it with "
+            f"python -c \"import torchvision; torchvision.datasets.MNIST('{Path(root)}', "
+            f"download=True)\" (on a machine with network, then copy MNIST/ here), or point "
+            f"--data-root / SPARSEBENCH_DATA at a folder that holds MNIST/raw/")
+    paths = {k: p for k, p in found.items() if p is not None}
+    x_train, y_train = read_split(folder, paths, "train")
+    if cfg.train_subset:
+        # Clone so the full set's memory is released.
+        x_train = x_train[: cfg.train_subset].clone()
+        y_train = y_train[: cfg.train_subset].clone()
+    x_test, y_test = read_split(folder, paths, "test")
+    return DataBundle(TensorDataset(x_train, y_train), TensorDataset(x_test, y_test), SHAPE,
+                      NUM_CLASSES)
