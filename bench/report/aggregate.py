@@ -1,0 +1,116 @@
+"""Seed aggregation: one row per (model, dataset, method label, target sparsity).
+
+Failed runs are counted (``n_failed``) but never enter a mean, so a cell whose every seed failed
+has ``n == 0`` and NaN metrics, and the tables show it as failed instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["model", "dataset", "method_label", "target_sparsity"]
+
+# Metrics averaged over the successful seeds of a group (mean column keeps the source name).
+MEAN_ONLY = [
+    "achieved_sparsity", "params_total", "params_nonzero", "macs", "flops", "macs_dense",
+    "train_flops", "wall_time_s",
+]
+MEAN_STD = ["top1", "top5", "test_loss"]
+
+AGG_COLUMNS = (
+    KEYS
+    + ["is_dense", "n", "n_failed", "seeds"]
+    + [f"{m}_{s}" for m in MEAN_STD for s in ("mean", "std")]
+    + MEAN_ONLY
+)
+
+# Settings that should be constant inside a group; a mix means seeds of different recipes
+# were averaged together, which the report must say out loud.
+_SETTINGS = ["epochs", "layer_policy", "distribution", "method"]
+
+DENSE = "dense"
+
+
+def is_dense_row(method: object, label: object, target: float) -> bool:
+    """Dense training ignores the sparsity target, and any method at target 0 is dense."""
+    return method == DENSE or label == DENSE or target == 0.0
+
+
+def normalise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns as floats; dense runs filed under target 0 whatever the grid said."""
+    df = runs.copy()
+    for col in ["target_sparsity", "seed", *MEAN_STD, *MEAN_ONLY, "epochs"]:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["target_sparsity"] = df["target_sparsity"].fillna(0.0)
+    df.loc[df["method"] == DENSE, "target_sparsity"] = 0.0
+    df["method_label"] = df["method_label"].fillna(df["method"]).fillna("?")
+    for col in ("model", "dataset"):
+        df[col] = df[col].fillna("?")
+    return df
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (ddof=1; NaN when n == 1) and n over seeds; columns ``AGG_COLUMNS``."""
+    df = normalise(runs)
+    rows = []
+    for key, group in df.groupby(KEYS, sort=True, dropna=False):
+        ok = group[group["status"] == "ok"]
+        row = dict(zip(KEYS, key, strict=True))
+        row["is_dense"] = is_dense_row(
+            group["method"].iloc[0], row["method_label"], row["target_sparsity"]
+        )
+        row["n"] = len(ok)
+        row["n_failed"] = len(group) - len(ok)
+        row["seeds"] = " ".join(str(int(s)) for s in sorted(ok["seed"].dropna()))
+        for metric in MEAN_STD:
+            values = ok[metric].dropna().to_numpy(dtype=float)
+            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        for metric in MEAN_ONLY:
+            values = ok[metric].dropna().to_numpy(dtype=float)
+            row[metric] = values.mean() if len(values) else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=AGG_COLUMNS)
+    return order(out)
+
+
+def order(agg: pd.DataFrame) -> pd.DataFrame:
+    """Dense first, then method labels alphabetically, then increasing sparsity."""
+    return (
+        agg.assign(_dense=~agg["is_dense"].astype(bool))
+        .sort_values(["model", "dataset", "_dense", "method_label", "target_sparsity"])
+        .drop(columns="_dense")
+        .reset_index(drop=True)
+    )
+
+
+def mixed_settings(runs: pd.DataFrame) -> list[str]:
+    """One line per group whose successful seeds differ in a setting other than the seed."""
+    df = normalise(runs)
+    notes = []
+    for key, group in df[df["status"] == "ok"].groupby(KEYS, sort=True, dropna=False):
+        for col in _SETTINGS:
+            values = sorted({str(v) for v in group[col].dropna()})
+            if len(values) > 1:
+                model, dataset, label, target = key
+                notes.append(
+                    f"{model}/{dataset} {label} at {pct(target)}: runs mix {col} = "
+                    f"{', '.join(values)}"
+                )
+    return notes
+
+
+def pct(target: float) -> str:
+    return f"{float(target) * 100:g}%"
+
+
+def slug(text: str) -> str:
+    """File-system-safe, deterministic name part."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "_"
+
+
+def section_dir(model: str, dataset: str) -> str:
+    return f"{slug(model)}-{slug(dataset)}"

@@ -1,0 +1,180 @@
+"""Tables per (model, dataset): accuracy by method x sparsity, and a long form with the achieved
+nonzero parameters and MACs. Each is written as Markdown, CSV and LaTeX.
+
+The formatting is hand-written (no tabulate / jinja2) so the report needs nothing beyond pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.aggregate import pct
+
+MISSING_MD = "—"
+MISSING_TEX = "--"
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def accuracy_cell(row: pd.Series) -> str:
+    """'71.20', '71.20 ± 0.35 (n=3)', '71.20 (n=1, 1 failed)' or 'failed (n=2)'."""
+    n, failed = int(row["n"]), int(row["n_failed"])
+    if n == 0:
+        return f"failed (n={failed})"
+    text = _num(row["top1_mean"])
+    if n > 1:
+        text += f" ± {_num(row['top1_std'])}"
+    if failed:
+        text += f" (n={n}, {failed} failed)"
+    elif n > 1:
+        text += f" (n={n})"
+    return text
+
+
+def accuracy_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Rows = method label (dense first), columns = target sparsity; None where no run exists."""
+    labels = list(dict.fromkeys(agg["method_label"]))
+    targets = sorted(set(agg["target_sparsity"]))
+    table = pd.DataFrame(None, index=labels, columns=[pct(t) for t in targets], dtype=object)
+    for _, row in agg.iterrows():
+        table.loc[row["method_label"], pct(row["target_sparsity"])] = accuracy_cell(row)
+    table.index.name = "method"
+    return table
+
+
+# Long form: (source column, display header, formatter for Markdown/LaTeX).
+def _int(value: float) -> str:
+    return f"{round(value):,}"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.4f}"
+
+
+SUMMARY_COLUMNS = [
+    ("method_label", "method", str),
+    ("target_sparsity", "target sparsity", pct),
+    ("achieved_sparsity", "achieved sparsity", _ratio),
+    ("params_nonzero", "nonzero params", _int),
+    ("params_total", "total params", _int),
+    ("macs", "MACs", _int),
+    ("macs_dense", "dense MACs", _int),
+    ("top1_mean", "top-1 (%)", _num),
+    ("top1_std", "top-1 std", _num),
+    ("top5_mean", "top-5 (%)", _num),
+    ("test_loss_mean", "test loss", lambda v: f"{v:.4f}"),
+    ("n", "n", str),
+    ("n_failed", "failed", str),
+    ("seeds", "seeds", str),
+]
+
+
+def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Numeric long-form table (the CSV); columns without any value (e.g. top-5) are left out."""
+    cols = [src for src, _, _ in SUMMARY_COLUMNS]
+    table = agg[cols].reset_index(drop=True)
+    keep = [c for c in cols if c in ("method_label", "n", "n_failed") or table[c].notna().any()]
+    return table[keep]
+
+
+def summary_display(table: pd.DataFrame, missing: str) -> pd.DataFrame:
+    fmt = {src: (header, f) for src, header, f in SUMMARY_COLUMNS}
+    out = pd.DataFrame(index=table.index)
+    for col in table.columns:
+        header, f = fmt[col]
+        out[header] = [_fmt(v, f, missing) for v in table[col]]
+    return out
+
+
+def _fmt(value: object, f, missing: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return f(value)
+
+
+# --- writers -----------------------------------------------------------------------------------
+def to_markdown(frame: pd.DataFrame, index: bool) -> str:
+    frame = frame.reset_index() if index else frame
+    header = [str(c) for c in frame.columns]
+    rows = [[_md_cell(v) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_MD
+    return _md_escape(str(value))
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "—": MISSING_TEX,
+}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(frame: pd.DataFrame, index: bool, caption: str) -> str:
+    """A booktabs table; needs \\usepackage{booktabs} in the including document."""
+    frame = frame.reset_index() if index else frame
+    spec = "l" + "r" * (len(frame.columns) - 1)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{tex_escape(caption)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(str(c)) for c in frame.columns) + r" \\",
+        r"\midrule",
+    ]
+    for row in frame.itertuples(index=False):
+        cells = [MISSING_TEX if _missing(v) else tex_escape(str(v)) for v in row]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def write_accuracy(agg: pd.DataFrame, folder: Path, title: str) -> list[Path]:
+    table = accuracy_table(agg)
+    caption = f"Top-1 test accuracy (%) of {title}: mean ± std over seeds, by target sparsity."
+    paths = [folder / "accuracy.md", folder / "accuracy.csv", folder / "accuracy.tex"]
+    paths[0].write_text(f"{caption}\n\n{to_markdown(table, index=True)}")
+    table.to_csv(paths[1])
+    paths[2].write_text(to_latex(table, index=True, caption=caption))
+    return paths
+
+
+def write_summary(agg: pd.DataFrame, folder: Path, title: str) -> list[Path]:
+    table = summary_table(agg)
+    caption = (
+        f"{title}: achieved sparsity, nonzero parameters and inference MACs per example "
+        "(means over successful seeds), with top-1 accuracy."
+    )
+    paths = [folder / "summary.md", folder / "summary.csv", folder / "summary.tex"]
+    paths[0].write_text(
+        f"{caption}\n\n{to_markdown(summary_display(table, MISSING_MD), index=False)}"
+    )
+    table.to_csv(paths[1], index=False, float_format="%.17g")
+    paths[2].write_text(
+        to_latex(summary_display(table, MISSING_TEX), index=False, caption=caption)
+    )
+    return paths
