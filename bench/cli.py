@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train every missing run of a grid, then report")
     run.add_argument("grid", help="a grid TOML file or the name of a built-in grid (e.g. smoke)")
-    run.add_argument("--root", help=f"output root (default ${{SPARSEBENCH_ROOT}} or ./{DEFAULT_ROOT})")
+    run.add_argument("--root",
+                     help=f"output root (default $SPARSEBENCH_ROOT or ./{DEFAULT_ROOT})")
     run.add_argument("--data-root", help="dataset root (default $SPARSEBENCH_DATA or "
                      "~/.cache/sparsebench)")
     run.add_argument("--only", help="filter runs: key=value,... with keys model, dataset, "

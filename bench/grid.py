@@ -103,10 +103,14 @@ def resolve_grid_path(spec: str) -> Path:
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(\[[^\]]*\b{re.escape(key)}\b[^\]]*\]|\"?{re.escape(key)}\"?\s*=)")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.search(line):
-            return number
+    """The line that defines `key` (as a key or table), else the first that quotes it."""
+    k = re.escape(key)
+    patterns = [rf"^\s*(\[[^\]]*\b{k}\b[^\]]*\]|\"?{k}\"?\s*=)", rf"[\"']{k}[\"']", rf"\b{k}\b"]
+    lines = text.splitlines()
+    for pattern in patterns:
+        for number, line in enumerate(lines, start=1):
+            if re.search(pattern, line):
+                return number
     return None
 
 

@@ -117,9 +117,10 @@ def run_one(
     except (Diverged, Exception) as exc:  # noqa: B014 - Diverged named for the reader
         log("failed:\n" + traceback.format_exc())
         result = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                  "distribution": getattr(trainer, "method", None) and trainer.method.distribution,
                   "wall_time_s": time.perf_counter() - started}
         store.atomic_write_json(folder / store.RESULT, result)
-        return result
+        return store.read_result(folder)
 
     counts = count(outcome.model, outcome.data.input_shape)
     store.atomic_torch_save(outcome.model.state_dict(), folder / MODEL_FILE)
@@ -142,7 +143,8 @@ def run_one(
     log(f"done: top1={result['top1']:.2f} nonzero={counts.params_nonzero}")
     # The checkpoint is no longer needed once the result and final model are on disk.
     (folder / store.CHECKPOINT).unlink(missing_ok=True)
-    return result
+    # Return what is on disk, so a fresh result and a skipped one compare equal.
+    return store.read_result(folder)
 
 
 def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:

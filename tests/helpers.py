@@ -1,0 +1,19 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bench.config import DataConfig, MethodConfig, RunConfig, SparsityConfig, TrainConfig
+
+
+def tiny_config(method: str = "static", target: float = 0.8, epochs: int = 3, seed: int = 0,
+                **train) -> RunConfig:
+    """MNIST-1D CNN on 600 training examples: a few seconds per run on one core."""
+    return RunConfig(
+        data=DataConfig(name="mnist1d", train_subset=600),
+        method=MethodConfig(name=method),
+        train=replace(TrainConfig(epochs=epochs, batch_size=50), **train),
+        sparsity=SparsityConfig(target=target if method != "dense" else 0.0),
+        seed=seed,
+    )
