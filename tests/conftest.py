@@ -3,10 +3,15 @@ bit-identical comparisons must not depend on thread scheduling)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# Benchmarks time things; they run under `tox -e bench`, which sets SPARSEBENCH_BENCH=1.
+collect_ignore_glob = [] if os.environ.get("SPARSEBENCH_BENCH") else ["benchmarks/*"]
 
 
 @pytest.fixture
