@@ -6,6 +6,7 @@ from __future__ import annotations
 from bench.errors import UserError
 from methods.base import Method
 from methods.dense import Dense
+from methods.eigendamage import EigenDamage
 from methods.gmp import GMP
 from methods.static import Static
 
@@ -15,6 +16,7 @@ REGISTRY: dict[str, type[Method]] = {
         Dense,
         Static,
         GMP,
+        EigenDamage,
     )
 }
 
