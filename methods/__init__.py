@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from bench.errors import UserError
 from methods.base import Method
+from methods.deepr import DeepR
 from methods.dense import Dense
+from methods.dsr import DSR
 from methods.eigendamage import EigenDamage
 from methods.gmp import GMP
+from methods.set_method import SET
 from methods.static import Static
 
 REGISTRY: dict[str, type[Method]] = {
@@ -16,6 +19,9 @@ REGISTRY: dict[str, type[Method]] = {
         Dense,
         Static,
         GMP,
+        DeepR,
+        SET,
+        DSR,
         EigenDamage,
     )
 }

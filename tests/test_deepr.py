@@ -1,0 +1,336 @@
+"""DeepR: fixed signs, zero crossings go dormant, exact per-layer / global active counts after
+every step, the L1 term and noise/temperature schedules of both variants, exact-zero masked
+weights and bit-identical resume."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import MethodConfig, RunConfig, SparsityConfig, TrainConfig
+from bench.errors import UserError
+from methods import get_method
+from methods.base import SetupContext
+from methods.deepr import DeepR, DeepRHparams
+from methods.masking import Masking
+
+METHOD = "deepr"
+
+SPE = 4  # steps per epoch of the tiny runs
+BATCH = 8
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 6, 3)
+        self.fc1 = nn.Linear(60, 20)
+        self.fc2 = nn.Linear(20, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def _data():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(SPE * BATCH, 1, 12, generator=g), torch.randint(4, (SPE * BATCH,),
+                                                                          generator=g)
+
+
+X, Y = _data()
+
+
+def config(hparams=None, sparsity=0.8, epochs=3, lr=0.1, distribution="default"):
+    return RunConfig(
+        method=MethodConfig(METHOD, hparams),
+        train=TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="sgd", lr=lr,
+                          momentum=0.9, weight_decay=5e-4),
+        sparsity=SparsityConfig(target=sparsity, distribution=distribution),
+        seed=3,
+    )
+
+
+def build(cfg):
+    torch.manual_seed(cfg.seed)
+    model = Tiny()
+    masking = Masking.attach(model, cfg.sparsity.layer_policy)
+    method = get_method(cfg.method.name)(cfg, cfg.method.hparams)
+    ctx = SetupContext(model=model, masking=masking, config=cfg, loss_fn=F.cross_entropy,
+                       batches=lambda: iter(()), steps_per_epoch=SPE,
+                       device=torch.device("cpu"), generator=method.generator)
+    method.setup(ctx)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
+                          weight_decay=cfg.train.weight_decay)
+    return model, masking, method, opt
+
+
+def train(model, method, opt, start, stop, check=None):
+    for step in range(start + 1, stop + 1):
+        i = (step - 1) % SPE
+        x, y = X[i * BATCH:(i + 1) * BATCH], Y[i * BATCH:(i + 1) * BATCH]
+        loss = F.cross_entropy(model(x), y)
+        extra = method.extra_loss(model)
+        total = loss if extra is None else loss + extra
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        method.after_backward(model, step)
+        opt.step()
+        method.after_step(model, opt, step)
+        if step % SPE == 0:
+            method.end_epoch(model, opt, step // SPE - 1)
+        if check is not None:
+            check(step)
+
+
+def assert_masked_zero(masking):
+    for name, w in masking.weights().items():
+        m = masking.masks[name]
+        assert torch.count_nonzero(w.detach()[~m]) == 0, name
+
+
+def resume_matches(cfg, k):
+    n = cfg.train.epochs * SPE
+    model_a, _, method_a, opt_a = build(cfg)
+    train(model_a, method_a, opt_a, 0, n)
+
+    model_b, _, method_b, opt_b = build(cfg)
+    train(model_b, method_b, opt_b, 0, k)
+    buf = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(),
+                "method": method_b.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    model_c, _, method_c, opt_c = build(cfg)
+    method_c.load_state_dict(state["method"])
+    model_c.load_state_dict(state["model"])
+    opt_c.load_state_dict(state["opt"])
+    train(model_c, method_c, opt_c, k, n)
+    a, c = model_a.state_dict(), model_c.state_dict()
+    assert a.keys() == c.keys()
+    for key in a:
+        assert torch.equal(a[key], c[key]), key
+    return method_a, method_c
+
+
+
+DSR = DeepRHparams(variant="dsr")
+
+
+# --- registry, defaults, labels ---------------------------------------------------------------
+def test_registry_defaults_and_labels():
+    assert get_method("deepr") is DeepR
+    hp = DeepRHparams()
+    assert (hp.variant, hp.l1, hp.gdnoise, hp.reconnect_value) == ("paper", 1e-5, 1e-5, 1e-12)
+    assert (DSR.dsr_eta, DSR.dsr_temperatures) == (0.01, (1e-5, 1e-8, 1e-12, 1e-15))
+    assert DeepR.distributions == ("uniform", "erk", "learned")
+    assert DeepR.label(config()) == "deepr"
+    assert DeepR.label(config(DSR)) == "deepr-dsr"
+    assert DeepR.label(config(distribution="learned")) == "deepr-learned"
+    with pytest.raises(UserError):
+        DeepR(config(DSR, distribution="learned"), DSR)
+    with pytest.raises(UserError):
+        DeepR(config(DeepRHparams(variant="nope")), DeepRHparams(variant="nope"))
+
+
+def counts(masking):
+    return {n: int(m.sum()) for n, m in masking.masks.items()}
+
+
+# --- paper variant ----------------------------------------------------------------------------
+def test_signs_fixed_and_counts_restored_every_step():
+    cfg = config(lr=0.5, epochs=4)  # a large lr so that many connections die
+    model, masking, method, opt = build(cfg)
+    targets = counts(masking)
+    signs_pos = {n: ~method.negative[n].clone() for n in targets}
+
+    def check(step):
+        assert counts(masking) == targets
+        assert_masked_zero(masking)
+        for name, w in masking.weights().items():
+            active = masking.masks[name]
+            # Every active weight is nonzero with the sign its position was given at init.
+            assert torch.equal((w.detach() > 0)[active], signs_pos[name][active])
+            assert torch.count_nonzero(w.detach()[active]) == int(active.sum())
+
+    train(model, method, opt, 0, 4 * SPE, check)
+    assert method.summary()["reconnected"] > 20
+
+
+def _zero_lr_optimizer(model):
+    return torch.optim.SGD(model.parameters(), lr=0.0)
+
+
+def test_zero_crossing_goes_dormant_and_is_replaced_at_epsilon():
+    model, masking, method, _ = build(config())
+    opt = _zero_lr_optimizer(model)  # lr 0: no noise, so only the crossings below matter
+    w = masking.weights()["fc1"]
+    mask = masking.masks["fc1"]
+    active = torch.nonzero(mask.flatten()).flatten()[:5]
+    neg = method.negative["fc1"].flatten()
+    with torch.no_grad():
+        flat = w.view(-1)
+        # Three cross zero (sign flipped), one lands exactly on zero, one stays (shrinks).
+        for i in active[:3]:
+            flat[i] = 0.3 if neg[i] else -0.3
+        flat[active[3]] = 0.0
+        flat[active[4]] = -1e-3 if neg[active[4]] else 1e-3
+    before = mask.clone()
+    target = int(mask.sum())
+    method.after_step(model, opt, 1)
+    died = active[:4]
+    after = masking.masks["fc1"].flatten()
+    assert after[active[4]]
+    assert int(after.sum()) == target
+    new = after & ~before.flatten()
+    revived = after[died]
+    # Four reactivated among all dormant positions (the four that just died are candidates too).
+    assert int(new.sum()) + int(revived.sum()) == 4
+    value = w.detach().flatten()
+    reactivated = new.clone()
+    reactivated[died] = revived
+    expected = torch.where(neg, -1e-12, 1e-12)
+    assert torch.equal(value[reactivated], expected[reactivated])
+    for i in died:
+        assert value[i] == 0.0 or value[i] == expected[i]
+
+
+def test_paper_noise_is_lr_times_gdnoise_on_theta():
+    cfg = config(DeepRHparams(l1=0.0, gdnoise=1e-2))
+    model, masking, method, _ = build(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = {n: w.detach().clone() for n, w in masking.weights().items()}
+    g = torch.Generator()
+    g.set_state(method.generator.get_state())
+    method.after_step(model, opt, 1)
+    for name, w in masking.weights().items():
+        noise = torch.randn(w.shape, generator=g)
+        expected = before[name].clone().add_(noise, alpha=0.5 * 1e-2)
+        alive = masking.masks[name] & (w.detach().abs() != 1e-12)
+        assert torch.equal(w.detach()[alive], expected[alive])
+
+
+def test_l1_term_is_extra_loss_and_its_gradient_is_l1_sign():
+    model, masking, method, opt = build(config(DeepRHparams(l1=1e-3)))
+    weights = list(masking.weights().values())
+    loss = method.extra_loss(model)
+    expected = 1e-3 * torch.stack([w.abs().sum() for w in weights]).sum()
+    assert torch.equal(loss, expected)
+    opt.zero_grad()
+    loss.backward()
+    method.after_backward(model, 1)
+    for name, w in masking.weights().items():
+        mask = masking.masks[name]
+        assert torch.equal(w.grad, 1e-3 * torch.sign(w.detach()) * mask)
+    assert DeepR(config(DeepRHparams(l1=0.0)), DeepRHparams(l1=0.0)).extra_loss(model) is None
+
+
+def test_global_constraint_keeps_total_and_moves_counts():
+    cfg = config(lr=0.5, epochs=4, distribution="learned")
+    model, masking, method, opt = build(cfg)
+    start = counts(masking)
+    assert start == {"conv": 4, "fc1": 240, "fc2": 16}  # uniform initial densities
+    total = sum(start.values())
+    seen = []
+
+    def check(step):
+        assert sum(counts(masking).values()) == total
+        assert_masked_zero(masking)
+        seen.append(counts(masking))
+
+    train(model, method, opt, 0, 4 * SPE, check)
+    assert any(c != start for c in seen)
+
+
+# --- dsr variant ------------------------------------------------------------------------------
+def test_dsr_temperature_schedule_and_stop_scale_with_run():
+    model, masking, method, opt = build(config(DSR, epochs=50))  # 200 steps: the WRN epochs
+    assert method.temperature_starts == (0, 25, 80, 140) and method.stop == 190
+    assert [method.temperature(s) for s in (1, 25, 26, 80, 81, 140, 141, 200)] == [
+        1e-5, 1e-5, 1e-8, 1e-8, 1e-12, 1e-12, 1e-15, 1e-15]
+    assert method.rewiring_active(190) and not method.rewiring_active(191)
+
+
+def test_dsr_gradient_noise_is_sqrt_2_eta_t_on_active_entries():
+    model, masking, method, opt = build(config(DSR))
+    x, y = X[:BATCH], Y[:BATCH]
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: w.grad.clone() * masking.masks[n] for n, w in masking.weights().items()}
+    g = torch.Generator()
+    g.set_state(method.generator.get_state())
+    method.after_backward(model, 1)
+    std = math.sqrt(2 * 0.01 * 1e-5)
+    for name, w in masking.weights().items():
+        noise = torch.randn(w.shape, generator=g).mul_(masking.masks[name])
+        assert torch.equal(w.grad, grads[name].clone().add_(noise, alpha=std))
+    # After the stop point nothing is added.
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: w.grad.clone() * masking.masks[n] for n, w in masking.weights().items()}
+    method.after_backward(model, method.stop + 1)
+    for name, w in masking.weights().items():
+        assert torch.equal(w.grad, grads[name])
+
+
+def test_dsr_sign_flip_prunes_and_regrows_elsewhere_at_zero():
+    model, masking, method, _ = build(config(DSR))
+    opt = _zero_lr_optimizer(model)
+    w = masking.weights()["fc1"]
+    mask = masking.masks["fc1"]
+    idx = torch.nonzero(mask.flatten()).flatten()[:3]
+    with torch.no_grad():
+        for i in idx:
+            w.view(-1)[i] = -w.view(-1)[i]
+    before = mask.clone()
+    values = w.detach().clone()
+    method.after_step(model, opt, 1)
+    after = masking.masks["fc1"]
+    flat_after = after.flatten()
+    assert not flat_after[idx].any()  # flipped ones pruned
+    assert int(after.sum()) == int(before.sum())
+    new = after & ~before
+    assert int(new.sum()) == 3  # regrown among the previously inactive, at zero
+    assert torch.count_nonzero(w.detach()[new]) == 0
+    kept = before & after
+    assert torch.equal(w.detach()[kept], values[kept])
+    # The stored sign is now the flipped one, so the same weights do not count again.
+    assert torch.equal(method.prev_sign["fc1"].flatten()[idx], torch.sign(values.flatten()[idx])
+                       .to(torch.int8))
+
+
+def test_dsr_no_rewiring_after_stop():
+    model, masking, method, _ = build(config(DSR))
+    opt = _zero_lr_optimizer(model)
+    w = masking.weights()["fc1"]
+    idx = torch.nonzero(masking.masks["fc1"].flatten()).flatten()[:3]
+    with torch.no_grad():
+        for i in idx:
+            w.view(-1)[i] = -w.view(-1)[i]
+    before = masking.masks["fc1"].clone()
+    method.after_step(model, opt, method.stop + 1)
+    assert torch.equal(masking.masks["fc1"], before)
+
+
+def test_dsr_counts_kept_per_layer_during_training():
+    model, masking, method, opt = build(config(DSR, lr=0.5, epochs=4))
+    targets = counts(masking)
+
+    def check(step):
+        assert counts(masking) == targets
+        assert_masked_zero(masking)
+
+    train(model, method, opt, 0, 4 * SPE, check)
+    assert method.summary()["reconnected"] > 0
+
+
+# --- invariants -------------------------------------------------------------------------------
+def test_resume_is_bit_identical():
+    for hp, dist in ((DeepRHparams(), "default"), (DSR, "default"),
+                     (DeepRHparams(), "learned")):
+        a, c = resume_matches(config(hp, lr=0.5, epochs=4, distribution=dist), k=7)
+        assert a.summary() == c.summary()
