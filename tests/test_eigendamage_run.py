@@ -62,6 +62,7 @@ def test_trains_the_missing_dense_run_and_meets_the_budget(reference):
     assert dense_result["status"] == "ok"
     summary = result["method_summary"]
     assert summary["dense_run_id"] == run_id(dense)
+    assert summary["dense_train_flops"] == dense_result["train_flops"] > 0
     assert summary["target_reached"]
     # Parameter reduction over the prunable layers (conv1-3: 3,950 params) at least the target,
     # and no more than one bisection step beyond it.
@@ -102,6 +103,7 @@ def test_reuses_dense_run_and_resumes_bit_identically(reference, tmp_path, data_
     assert dense_folders(tmp_path) == [run_folder(tmp_path, dense)]
     assert (run_folder(tmp_path, dense) / store.RESULT).read_bytes() == dense_result
     assert_identical(final_weights(tmp_path, config), final_weights(ref_root, config))
+    assert result["method_summary"] == reference[2]["method_summary"]
 
 
 def test_iterative_resumes_between_and_inside_rounds(tmp_path_factory, data_root):

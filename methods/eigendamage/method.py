@@ -141,6 +141,8 @@ class EigenDamage(Method):
         self.shapes: dict[str, tuple[int, int]] = {}
         self.rounds_done: list[dict[str, Any]] = []
         self.dense_counts: dict[str, int] = {}
+        # Training FLOPs of the dense run this one prunes: part of EigenDamage's real cost.
+        self.dense_train_flops: float | None = None
 
     # --- the dense run ------------------------------------------------------------------
     def dependencies(self) -> list[RunConfig]:
@@ -162,6 +164,7 @@ class EigenDamage(Method):
                 result = run_one(dense, ctx.root, ctx.data_root)
             if result.get("status") != "ok":
                 raise RuntimeError(f"dense run {run_id(dense)} failed: {result.get('error')}")
+        self.dense_train_flops = result.get("train_flops")
         return load_final_model(ctx.root, dense)
 
     # --- phases -------------------------------------------------------------------------
@@ -253,6 +256,7 @@ class EigenDamage(Method):
             "budget_scope": self.hparams.budget_scope,
             "dense_params_total": self.dense_counts.get("params_total"),
             "dense_params_prunable": self.dense_counts.get("params_prunable"),
+            "dense_train_flops": self.dense_train_flops,
             "param_reduction_total": last.get("reduction_total"),
             "param_reduction_prunable": last.get("reduction_prunable"),
             "target_reached": last.get("reached"),
@@ -264,12 +268,14 @@ class EigenDamage(Method):
         state = super().state_dict()
         state["shapes"] = {s: [int(a), int(b)] for s, (a, b) in self.shapes.items()}
         state["rounds_done"] = copy.deepcopy(self.rounds_done)
+        state["dense_train_flops"] = self.dense_train_flops
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.shapes = {s: (int(a), int(b)) for s, (a, b) in state["shapes"].items()}
         self.rounds_done = copy.deepcopy(state["rounds_done"])
+        self.dense_train_flops = state["dense_train_flops"]
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
