@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bench.grid import load_grid, parse_only, select
-    from bench.launch import pending, run_debug
+    from bench.launch import pending, run_debug, run_local, with_dependencies
 
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
@@ -53,8 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     ensure_writable(root)
     data_root = Path(args.data_root) if args.data_root else None
-    todo = pending(runs, root)
-    print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, "
+    if args.executor == "slurm":
+        return _submit_slurm(args, grid, runs, root, data_root)
+    missing = pending(runs, root, args.retry_failed)
+    # Plus the runs they reuse (EigenDamage's dense run) when --only left those out.
+    todo = with_dependencies(missing, root, args.retry_failed)
+    print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(missing)} already done, "
           f"{len(todo)} to run under {root}")
     started = time.perf_counter()
     failed = 0
@@ -68,7 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.write(f"{run.entry:14s} s={cfg.sparsity.target:<5g} seed={cfg.seed}  {status}")
             bar.update(1)
 
-        run_debug(todo, root, data_root, retry_failed=args.retry_failed, on_result=on_result)
+        if args.executor == "debug":
+            run_debug(todo, root, data_root, retry_failed=args.retry_failed,
+                      on_result=on_result)
+        else:
+            run_local(todo, root, data_root, jobs=args.jobs, retry_failed=args.retry_failed,
+                      on_result=on_result)
     print(f"trained {len(todo)} runs in {time.perf_counter() - started:.0f} s"
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
@@ -86,29 +95,59 @@ def _report(root: Path, out: Path) -> None:
             print(f"\n{path.read_text()}")
 
 
+def _slurm_overrides(args: argparse.Namespace, grid_table: dict) -> dict:
+    from bench.launch import SLURM_KEYS
+
+    overrides = {key: getattr(args, key, None) for key in SLURM_KEYS
+                 if key not in ("extra", "setup")}
+    if args.sbatch:
+        extra = {}
+        for item in args.sbatch:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"--sbatch takes KEY=VALUE (an sbatch long option), got {item!r}")
+            extra[key.strip().lstrip("-")] = value.strip()
+        base = grid_table.get("extra")
+        overrides["extra"] = {**base, **extra} if isinstance(base, dict) else extra
+    return overrides
+
+
+def _submit_slurm(args: argparse.Namespace, grid, runs, root: Path, data_root) -> int:
+    from bench.launch import slurm_settings, submit_slurm
+
+    settings = slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
+    sub = submit_slurm(runs, root, data_root, settings, retry_failed=args.retry_failed,
+                       name=f"sb-{grid.name}")
+    print(f"grid {grid.name}: {len(runs)} runs, {len(sub.done)} already done, "
+          f"{len(sub.active)} queued or running, {len(sub.submitted)} to submit under {root}")
+    if sub.submitted:
+        print(f"submitted {len(sub.submitted)} runs as {len(sub.arrays)} job array"
+              f"{'s' if len(sub.arrays) != 1 else ''} ({', '.join(sub.arrays)}); "
+              f"job logs under {root / 'slurm' / 'logs'}")
+    else:
+        print("nothing to submit")
+    print(f"follow with: sparsebench status {args.grid} --root {root}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench import store
     from bench.grid import load_grid, parse_only, select
-    from bench.run import run_folder
+    from bench.launch import STATES, status
 
     grid = load_grid(args.grid)
     root = _root(args.root)
-    counts = {"done": 0, "failed": 0, "partial": 0, "missing": 0}
-    for run in select(grid, parse_only(args.only)):
-        folder = run_folder(root, run.config)
-        result = store.read_result(folder)
-        if result is not None:
-            state = "done" if result["status"] == "ok" else "failed"
-        elif (folder / store.CHECKPOINT).exists():
-            state = "partial"
-        else:
-            state = "missing"
-        counts[state] += 1
-        cfg = run.config
-        extra = f"  {result['error']}  (log: {folder / store.LOG})" if state == "failed" else ""
-        print(f"{state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {run.entry:14s} "
-              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{extra}")
-    print(", ".join(f"{n} {k}" for k, n in counts.items()))
+    states, used_slurm = status(select(grid, parse_only(args.only)), root)
+    counts = dict.fromkeys(STATES, 0)
+    for st in states:
+        counts[st.state] += 1
+        cfg = st.run.config
+        job = f"  job {st.job_id}" if st.job_id and st.state != "done" else ""
+        detail = f"  {st.detail}" if st.detail else ""
+        log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial") else ""
+        print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
+              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{log}")
+    shown = [k for k in STATES if used_slurm or k not in ("queued", "running")]
+    print(", ".join(f"{counts[k]} {k}" for k in shown))
     return 0
 
 
@@ -165,9 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.add_argument("--out", help="report folder (default ROOT/report)")
+    run.add_argument("--executor", choices=("local", "debug", "slurm"), default="local",
+                     help="local: subprocesses, --jobs at a time (default); debug: one after "
+                     "another in this process; slurm: submit job arrays and return")
+    run.add_argument("--jobs", type=int, help="local executor: runs at once (default: the "
+                     "number of cores)")
+    slurm = run.add_argument_group("SLURM (--executor slurm; override the grid's [slurm] table)")
+    for flag, text in (
+        ("--partition", "partition"), ("--account", "account"), ("--qos", "quality of service"),
+        ("--time", "time limit per run: minutes, HH:MM:SS or D-HH:MM:SS (default 240)"),
+        ("--gpus", "GPUs per run (default 0)"), ("--cpus", "CPUs per run (default 2)"),
+        ("--mem", "memory per run, e.g. 16G"), ("--constraint", "node features"),
+        ("--array-parallelism", "tasks of one array running at once (default 256)"),
+        ("--max-array-size", "tasks per array (default: the cluster's MaxArraySize)"),
+    ):
+        slurm.add_argument(flag, help=text)
+    slurm.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. --sbatch mail-type=FAIL (repeatable)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="done / partial / failed / missing per run")
+    status = sub.add_parser("status", help="done / queued / running / failed / partial / "
+                            "missing per run, from the run folders and squeue")
     status.add_argument("grid")
     status.add_argument("--root")
     status.add_argument("--only")

@@ -1,0 +1,160 @@
+"""The launcher without a cluster: SLURM settings validation, dependency order, the stop-on-
+signal plumbing of a job (checkpoint at a step boundary, then submitit's requeue handler), and
+the local executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.config import to_dict
+from bench.errors import UserError
+from bench.grid import GridRun
+from bench.launch import (
+    RunCell,
+    SlurmSettings,
+    Stopped,
+    _StopOnSignal,
+    order_runs,
+    parse_time,
+    run_local,
+    slurm_settings,
+    with_dependencies,
+)
+from bench.run import MODEL_FILE, run_folder, run_one
+from bench.store import LOG, read_result
+from tests.helpers import tiny_config
+
+
+@pytest.mark.parametrize(("value", "minutes"), [
+    (90, 90), ("90", 90), ("4:00:00", 240), ("1-12:00:00", 2160), ("1-12", 2160),
+    ("10:30", 11), ("0:00:59", 1),
+])
+def test_parse_time(value, minutes):
+    assert parse_time(value) == minutes
+
+
+@pytest.mark.parametrize("value", [0, "0", "soon", "1:2:3:4", 2.5, True])
+def test_parse_time_rejects(value):
+    with pytest.raises(ValueError):
+        parse_time(value)
+
+
+def test_slurm_settings_from_grid_and_flags(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[slurm]\npartition = \"gpu\"\ntime = \"2:00:00\"\ngpus = 1\n")
+    table = {"partition": "gpu", "time": "2:00:00", "gpus": 1, "mem": "16G",
+             "setup": ["module load cuda"], "extra": {"mail-type": "FAIL"}}
+    settings = slurm_settings(table, {"partition": "long", "cpus": "8", "time": None},
+                              source=str(grid))
+    assert settings == SlurmSettings(partition="long", time=120, gpus=1, cpus=8, mem="16G",
+                                     setup=("module load cuda",),
+                                     extra={"mail-type": "FAIL"})
+
+
+@pytest.mark.parametrize(("table", "flags", "message"), [
+    ({"partiton": "gpu"}, {}, "g.toml:2: unknown key 'partiton' in [slurm]; valid: account,"),
+    ({"gpus": -1}, {}, "[slurm] gpus: -1 should be an integer >= 0"),
+    ({}, {"cpus": "many"}, "--cpus: [slurm] cpus: 'many' should be an integer >= 1"),
+    ({}, {"mem": "lots"}, "[slurm] mem: 'lots' should be a size like 16G"),
+    ({}, {"time": "soon"}, "--time: [slurm] time: 'soon' is not a time"),
+    ({"extra": {"--mail": 1}}, {}, "is not an sbatch long option name"),
+    ({"setup": [1]}, {}, "should be a list of shell lines"),
+])
+def test_slurm_settings_reject_bad_values_by_name(tmp_path, table, flags, message):
+    grid = tmp_path / "g.toml"
+    grid.write_text("[slurm]\n" + "".join(f"{k} = 1\n" for k in table))
+    with pytest.raises(UserError) as err:
+        slurm_settings(table, flags, source=str(grid))
+    assert message in str(err.value)
+
+
+def test_dependencies_are_added_and_ordered_first(tmp_path):
+    eig = GridRun(tiny_config("eigendamage", 0.5, epochs=1), "eigendamage")
+    static = GridRun(tiny_config("static", 0.5, epochs=1), "static")
+    runs = with_dependencies([eig, static], tmp_path)
+    dense = replace(eig.config, method=replace(eig.config.method, name="dense", hparams=None),
+                    sparsity=replace(eig.config.sparsity, target=0.0))
+    assert [r.config.method.name for r in runs] == ["dense", "eigendamage", "static"]
+    assert runs[0].run_id == GridRun(dense, "dense").run_id
+    assert [r.config.method.name for r in order_runs([eig, static, runs[0]])] == [
+        "static", "dense", "eigendamage"]
+
+
+def _signal_after_enter(monkeypatch, signum):
+    """Deliver `signum` to this process as soon as the job has installed its handlers, so the
+    trainer sees the stop request at its first step boundary."""
+    enter = _StopOnSignal.__enter__
+
+    def enter_then_signal(self):
+        out = enter(self)
+        os.kill(os.getpid(), signum)
+        return out
+
+    monkeypatch.setattr(_StopOnSignal, "__enter__", enter_then_signal)
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_identically(
+        monkeypatch, tmp_path, data_root):
+    config = tiny_config("static", 0.8, epochs=2)
+    cell = RunCell(str(tmp_path / "a"), str(data_root), threads=1)
+    before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        _signal_after_enter(patch, signal.SIGTERM)
+        with pytest.raises(Stopped, match="checkpointed after SIGTERM"):
+            cell(to_dict(config))
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    folder = run_folder(tmp_path / "a", config)
+    assert "interrupted: stopped at step 1" in (folder / LOG).read_text()
+    assert cell(to_dict(config))["status"] == "ok"
+    assert "resuming from phase 0 epoch 0 batch 1" in (folder / LOG).read_text()
+    run_one(config, tmp_path / "b", data_root)
+    a = torch.load(folder / MODEL_FILE, weights_only=True)
+    b = torch.load(run_folder(tmp_path / "b", config) / MODEL_FILE, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warning_signal_hands_over_to_submitit_after_the_checkpoint(
+        monkeypatch, tmp_path, data_root):
+    # Inside a job, submitit's handler for USR2 is installed; it must run only once the run
+    # has checkpointed, and its requeue-and-exit must end the job.
+    calls = []
+
+    class Requeued(BaseException):
+        pass
+
+    def submitit_handler(signum, frame):
+        calls.append((signum, (run_folder(tmp_path, config) / "checkpoint.pt").exists()))
+        raise Requeued
+
+    config = tiny_config("static", 0.8, epochs=2)
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with monkeypatch.context() as patch:
+            _signal_after_enter(patch, signal.SIGUSR2)
+            with pytest.raises(Requeued):
+                RunCell(str(tmp_path), str(data_root), threads=1)(to_dict(config))
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [(signal.SIGUSR2, True)]
+    assert read_result(run_folder(tmp_path, config)) is None
+
+
+def test_local_executor_runs_every_run_like_debug(tmp_path, data_root):
+    runs = [GridRun(tiny_config("static", s, epochs=1), "static") for s in (0.5, 0.9)]
+    seen = []
+    results = run_local(runs, tmp_path / "local", data_root, jobs=1,
+                        on_result=lambda run, result: seen.append(run.run_id))
+    assert sorted(seen) == sorted(r.run_id for r in runs)
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    for run in runs:
+        here = run_one(run.config, tmp_path / "debug", data_root)
+        there = read_result(run_folder(tmp_path / "local", run.config))
+        assert (here["top1"], here["counts"]) == (there["top1"], there["counts"])
+    assert Path(tmp_path / "local" / "local").is_dir()
