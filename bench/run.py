@@ -21,10 +21,12 @@ import torch
 import bench
 from bench import store
 from bench.config import RunConfig, run_id, run_label, to_dict
-from bench.flops import count
+from bench.flops import ModelCounts, count
+from bench.models import build_model
 from bench.store import RESULT_SCHEMA_VERSION
 from bench.train import Diverged, Interrupted, Trainer, resolve_device, resolve_hparams
 from methods import get_method
+from methods.masking import Masking
 
 MODEL_FILE = "model.pt"
 
@@ -64,11 +66,33 @@ def _write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
                             "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
 
 
+def achieved_counts(config: RunConfig, final: ModelCounts, input_shape, num_classes) -> dict:
+    """The final model's counts, with sparsity and the dense reference taken from the unpruned
+    architecture of the run's config. For mask-based methods this equals the mask sparsity; for
+    methods that change the architecture (thin dense, EigenDamage) it is their real reduction:
+    sparsity = (dense params - nonzero params) / dense prunable params."""
+    torch_state = torch.get_rng_state()
+    reference = build_model(config.model.name, num_classes, input_shape, config.model.width)
+    torch.set_rng_state(torch_state)
+    Masking.attach(reference, config.sparsity.layer_policy)
+    dense = count(reference, input_shape)
+    out = final.as_dict()
+    out.update(
+        params_dense=dense.params_total,
+        macs_dense=dense.macs_dense,
+        flops_dense=2 * dense.macs_dense,
+        sparsity=(dense.params_total - final.params_nonzero) / dense.params_prunable
+        if dense.params_prunable else 0.0,
+    )
+    return out
+
+
 def run_one(
     config: RunConfig,
     root: Path,
     data_root: Path | None = None,
     *,
+    label: str | None = None,
     retry_failed: bool = False,
     should_stop: Callable[[], bool] | None = None,
     stop_after_epoch: int | None = None,
@@ -76,6 +100,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train `config` under `root` unless it is already done; return its result.
 
+    `label` names the method in tables (a grid's variant name); by default the method's own.
     Raises ``Interrupted`` when `should_stop` or `stop_after_epoch` stopped it (a checkpoint is
     on disk and the next call resumes from it).
     """
@@ -101,7 +126,7 @@ def run_one(
         "schema": RESULT_SCHEMA_VERSION,
         "run_id": rid,
         "config": to_dict(config),
-        "method_label": method_cls.label(config),
+        "method_label": label or method_cls.label(config),
         "device": str(resolve_device(config.train.device)),
         "versions": versions(),
     }
@@ -132,7 +157,8 @@ def run_one(
         "top1": outcome.final["top1"],
         "top5": outcome.final.get("top5"),
         "test_loss": outcome.final["test_loss"],
-        "counts": counts.as_dict(),
+        "counts": achieved_counts(config, counts, outcome.data.input_shape,
+                                  outcome.data.num_classes),
         "layers": counts.layer_table(),
         "train_flops": outcome.train_flops,
         "history": outcome.history,

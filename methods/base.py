@@ -132,7 +132,9 @@ class Method:
 
     def start_phase(self, index: int, model: nn.Module, ctx: SetupContext) -> nn.Module:
         """Called at the start of phase `index` (and again when resuming inside it, with
-        ``ctx.resuming`` true). Return the model to train: the same one, or a replacement."""
+        ``ctx.resuming`` true). Return the model to train: the same one, or a replacement.
+        A method that changes the architecture must return a new module object: the trainer
+        re-attaches masks and rebuilds the optimizer only when the object changes."""
         return model
 
     def dependencies(self) -> list[RunConfig]:

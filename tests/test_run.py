@@ -53,6 +53,8 @@ def test_result_records_counts_and_status(reference):
     assert counts["params_prunable"] == 5125
     assert counts["params_nonzero"] == 5210 - sum(
         layer["params"] - layer["nonzero"] for layer in result["layers"])
+    assert counts["params_dense"] == 5210 and counts["macs_dense"] == 31750
+    assert counts["sparsity"] == (5210 - counts["params_nonzero"]) / 5125
     assert len(result["history"]) == 4
     lines = (run_folder(root, config) / store.METRICS).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
