@@ -6,8 +6,8 @@
 connection has a sign fixed at initialisation and a parameter theta; w = sign * theta while
 theta > 0, otherwise the connection is dormant and w = 0. Every step:
 
-* theta follows the optimizer's step on the loss plus l1 * sum|w| (``extra_loss``; with plain
-  SGD this is exactly the code's ``theta -= lr * l1`` on connected entries), plus Gaussian noise
+* theta follows the optimizer's step on the loss plus l1 * sum|w| (with plain SGD exactly the
+  code's ``theta -= lr * l1`` on connected entries), plus Gaussian noise
   of std lr * gdnoise on connected entries (the code's ``theta += lr * N(0, gdnoise^2)``, i.e.
   temperature T = lr * gdnoise^2 / 2, so the noise follows the run's lr schedule as in the code);
 * a connection whose theta is <= 0 (its weight crossed or hit zero) goes dormant;
@@ -38,6 +38,11 @@ the default "uniform" is the DSR comparison's and the harness's common ground.
 * l1 = 1e-5 on the loss (``--L1-loss-coeff``); the experiments use weight decay 0 (a run setting);
 * layers without an inactive position are left alone; everything stops at epoch 190 of 200.
 
+The L1 term is l1 * sum|w| over the prunable weights (``l1_penalty``). Its gradient,
+l1 * sign(w), is added to the gradients in ``after_backward`` rather than through
+``extra_loss`` and autograd: the same numbers (|w|'s backward is sign(w), 0 at 0), a tenth of
+the cost on small models. The training loss the trainer logs never included it.
+
 Schedules scale with the run: temperature phase starts and the stop point are fractions of the
 run's total steps (25/200, 80/200, 140/200; 190/200).
 
@@ -62,10 +67,12 @@ from methods.rewiring import (
     DSR_STOP_FRACTION,
     DSR_TEMPERATURES,
     DeviceRNG,
+    FlatLayers,
     piecewise_index,
-    random_subset,
-    random_subset_by_rank,
+    sample_in_segments,
     scaled,
+    segmented_random_choice,
+    zero_state_at,
 )
 
 VARIANTS = ("paper", "dsr")
@@ -117,22 +124,35 @@ class DeepR(MaskedMethod):
         hp = self.hparams
         masking = ctx.masking
         weights = masking.weights()
-        # Fixed signs (paper): the sign of every position's initial weight, drawn before masking.
-        self.negative = {n: (w.detach() < 0) for n, w in weights.items()}
+        # Fixed signs (paper): the sign of every position's initial weight, taken before masking.
+        negative = torch.cat([w.detach().reshape(-1) < 0 for w in weights.values()])
         init = "uniform" if self.distribution == "learned" else self.distribution
         self.targets = masking.init_random(self.density, init, self.generator)
-        self.global_target = sum(self.targets.values())
         self.global_constraint = self.distribution == "learned"
-        self.shares = torch.tensor([float(self.targets[n]) for n in weights], dtype=torch.float64)
+        if hp.variant == "paper":
+            names = list(weights)
+        else:
+            # The DSR code leaves tensors without an inactive entry alone.
+            names = [n for n, w in weights.items() if self.targets[n] < w.numel()]
+        self.flat = FlatLayers(masking, names)
+        self.all_layers = FlatLayers(masking, list(weights))
+        dtype = next(iter(weights.values())).dtype
+        self.sign = 1.0 - 2.0 * negative.to(device=ctx.device, dtype=dtype)  # +-1, fixed
         # Previous-step signs (dsr): torch.sign of the masked initial weights.
-        self.prev_sign = {n: torch.sign(w.detach()).to(torch.int8) for n, w in weights.items()}
-        self.rewired_layers = [n for n, w in weights.items() if self.targets[n] < w.numel()]
+        self.prev_sign = torch.sign(self.flat.weights())
+        self.target_list = [self.targets[n] for n in names]
+        self.target_counts = torch.tensor(self.target_list, device=ctx.device)
+        self.shares = torch.tensor([float(self.targets[n]) for n in names], dtype=torch.float64)
+        self.global_target = sum(self.targets[n] for n in names)
         total_steps = ctx.steps_per_epoch * ctx.config.train.epochs
         self.temperature_starts = tuple(scaled(f, total_steps)
                                         for f in hp.dsr_temperature_fractions)
         self.stop = scaled(hp.dsr_stop_fraction, total_steps)
         self.rng = DeviceRNG(self.generator, ctx.device)
         self.sync_free = ctx.device.type != "cpu"
+        self._keep = torch.zeros(self.flat.total, device=ctx.device, dtype=dtype)
+        self._noise = torch.zeros(self.flat.total, device=ctx.device, dtype=dtype)
+        self._noise_views = self.flat.chunks(self._noise)
         self._reconnected = torch.zeros((), dtype=torch.int64, device=ctx.device)
 
     # --- schedule ---------------------------------------------------------------------------
@@ -144,128 +164,155 @@ class DeepR(MaskedMethod):
         return self.hparams.variant == "paper" or step - 1 < self.stop
 
     # --- hooks ------------------------------------------------------------------------------
-    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        if self.hparams.l1 == 0.0:
-            return None
+    def l1_penalty(self, model: nn.Module) -> torch.Tensor:
+        """l1 * sum|w| over the prunable weights (the reference's L1 term)."""
         assert self.masking is not None
         weights = list(self.masking.weights().values())
         return self.hparams.l1 * torch.stack([w.abs().sum() for w in weights]).sum()
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, step: int) -> None:
-        super().after_backward(model, step)
-        if self.hparams.variant != "dsr" or not self.rewiring_active(step):
+        hp = self.hparams
+        layers = self.all_layers
+        layers.mask_gradients()
+        grads = [p.grad for p in layers.params]
+        if hp.l1 != 0.0 and all(g is not None for g in grads):
+            torch._foreach_add_(grads, torch._foreach_sign([p.detach() for p in layers.params]),
+                                alpha=hp.l1)
+        if hp.variant != "dsr" or not self.rewiring_active(step) or not len(self.flat):
             return
-        std = math.sqrt(2.0 * self.hparams.dsr_eta * self.temperature(step))
+        std = math.sqrt(2.0 * hp.dsr_eta * self.temperature(step))
         if std == 0.0:
             return
-        assert self.masking is not None
-        masks, weights = self.masking.masks, self.masking.weights()
-        for name in self.rewired_layers:
-            grad = weights[name].grad
-            if grad is None:
-                continue
-            noise = torch.randn(grad.shape, generator=self.rng.generator, device=grad.device,
-                                dtype=grad.dtype)
-            grad.add_(noise.mul_(masks[name]), alpha=std)
+        flat = self.flat
+        self._noise.normal_(generator=self.rng.generator).mul_(flat.mask())
+        pairs = [(p.grad, c) for p, c in zip(flat.params, self._noise_views, strict=True)
+                 if p.grad is not None]
+        torch._foreach_add_([g for g, _ in pairs], [c for _, c in pairs], alpha=std)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
         if not self.rewiring_active(step):
-            super().after_step(model, optimizer, step)
+            self.all_layers.apply()
             return
         if self.hparams.variant == "paper":
             self._step_paper(optimizer)
         else:
             self._step_dsr()
+            if len(self.flat) < len(self.all_layers):
+                self.all_layers.apply()
 
     # --- the two rules ----------------------------------------------------------------------
     def _step_paper(self, optimizer: torch.optim.Optimizer) -> None:
         hp = self.hparams
-        assert self.masking is not None
-        masks, weights = self.masking.masks, self.masking.weights()
+        flat = self.flat
+        w = flat.weights()
         std = float(optimizer.param_groups[0]["lr"]) * hp.gdnoise
-        alive: dict[str, torch.Tensor] = {}
-        for name, w in weights.items():
-            if std > 0.0:
-                # Dormant entries get noise too, but are zeroed below: cheaper than masking it.
-                noise = torch.randn(w.shape, generator=self.rng.generator, device=w.device,
-                                    dtype=w.dtype)
-                w.add_(noise, alpha=std)
-            theta = torch.where(self.negative[name], -w, w)
-            alive[name] = masks[name] & (theta > 0)
-        counts = self._reconnect_counts(alive)
-        new_all: dict[str, torch.Tensor] = {}
-        for i, (name, w) in enumerate(weights.items()):
-            a = alive[name]
-            n = counts[i]
-            if isinstance(n, int):
-                new = random_subset(~a, n, self.rng.generator) if n > 0 else None
-            else:
-                new = random_subset_by_rank(~a, n, self.rng.generator)
-            w.mul_(a)
-            if new is None:
-                masks[name].copy_(a)
-                continue
-            masks[name].copy_(a | new)
-            # theta = epsilon with the stored sign.
-            w.masked_fill_(new, hp.reconnect_value)
-            w.masked_fill_(new & self.negative[name], -hp.reconnect_value)
-            new_all[name] = new
-        if new_all:
-            self.masking.zero_optimizer_state(optimizer, new_all)
-
-    def _reconnect_counts(self, alive: dict[str, torch.Tensor]) -> list:
-        """How many to reactivate per layer: python ints, or 0-d tensors when sync-free."""
-        names = list(alive)
-        active = torch.stack([alive[n].sum() for n in names])
-        if not self.global_constraint:
-            targets = torch.tensor([self.targets[n] for n in names], device=active.device)
-            missing = targets - active
+        if std > 0.0:
+            # Dormant entries get noise too but are zeroed below: cheaper than masking it.
+            w.add_(torch.randn(flat.total, generator=self.rng.generator, device=w.device,
+                               dtype=w.dtype), alpha=std)
+        mask = flat.mask()
+        # theta = sign * w; a connection stays only while active with theta > 0.
+        keep = torch.gt(w * self.sign * mask, 0.0, out=self._keep)
+        w.mul_(keep)
+        if self.sync_free and not self.global_constraint:
+            missing = self.target_counts - flat.segment_sums(keep).long()
             self._reconnected += missing.sum()
-            if self.sync_free:
-                return list(missing.unbind())
-            return missing.tolist()
-        # The global constraint draws a split, which needs the count on the host.
-        total_missing = self.global_target - int(active.sum())
-        room = [alive[n].numel() - int(a) for n, a in zip(names, active.tolist(), strict=True)]
-        counts = [0] * len(names)
+            new = segmented_random_choice(flat, keep == 0, missing, self.rng.generator)
+            keep.masked_fill_(new, 1.0)
+            torch.where(new, self.sign * hp.reconnect_value, w, out=w)
+            zero_state_at(optimizer, flat.params, flat.chunks(new))
+            flat.write_weights(w)
+            flat.write_mask(keep)
+            return
+        counts = flat.counts()
+        for d in torch.nonzero(mask > keep).flatten().tolist():  # the connections that died
+            counts[flat.layer_of(d)] -= 1
+        if self.global_constraint:
+            room = [size - c for size, c in zip(flat.sizes, counts, strict=True)]
+            grow = self._global_split(room, self.global_target - sum(counts))
+        else:
+            grow = [t - c for t, c in zip(self.target_list, counts, strict=True)]
+        if sum(grow) > 0:
+            # Candidates: every dormant connection, the just-dead included.
+            chosen = sample_in_segments(flat, keep == 0, grow, self.rng.generator)
+            self._revive(optimizer, w, keep, chosen, hp.reconnect_value)
+            counts = [c + g for c, g in zip(counts, grow, strict=True)]
+        self._reconnected += sum(grow)
+        flat.write_weights(w)
+        flat.write_mask(keep, counts)
+
+    def _revive(self, optimizer: torch.optim.Optimizer | None, w: torch.Tensor,
+                keep: torch.Tensor, chosen: dict[int, list[int]], value: float) -> None:
+        """Activate the chosen flat positions: mask 1, theta = value with the stored sign (paper;
+        value 0 for dsr), optimizer state zeroed (paper: optimizer given)."""
+        flat = self.flat
+        device = w.device
+        idx = torch.tensor([d for got in chosen.values() for d in got], device=device)
+        keep[idx] = 1.0
+        if value != 0.0:
+            w[idx] = self.sign[idx] * value
+        if optimizer is not None:
+            local = [None] * len(flat)
+            for i, got in chosen.items():
+                if got:
+                    local[i] = torch.tensor(got, device=device) - flat.starts[i]
+            zero_state_at(optimizer, flat.params, local)
+
+    def _global_split(self, room: list[int], total_missing: int) -> list[int]:
+        """The global-constraint script's categorical split of the reactivations over layers,
+        probabilities proportional to the initial counts; a layer's excess (more than its
+        dormant slots) is drawn again among the others."""
+        counts = [0] * len(room)
+        room = list(room)
         remaining = total_missing
         while remaining > 0:
             probs = self.shares * torch.tensor([float(r > 0) for r in room], dtype=torch.float64)
             draw = torch.multinomial(probs, remaining, replacement=True,
                                      generator=self.generator)
-            split = torch.bincount(draw, minlength=len(names)).tolist()
-            for i in range(len(names)):
+            split = torch.bincount(draw, minlength=len(room)).tolist()
+            for i in range(len(room)):
                 take = min(split[i], room[i])
                 counts[i] += take
                 room[i] -= take
                 remaining -= take
-        self._reconnected += total_missing
         return counts
 
     def _step_dsr(self) -> None:
-        assert self.masking is not None
-        masks, weights = self.masking.masks, self.masking.weights()
-        for name in self.rewired_layers:
-            w, mask = weights[name], masks[name]
-            sign = torch.sign(w).to(torch.int8)
-            flipped = mask & (sign * self.prev_sign[name] < 0)
-            self.prev_sign[name] = sign
-            n = flipped.sum()
-            self._reconnected += n
-            # Candidates: inactive before pruning, i.e. inactive minus the just-pruned.
-            if self.sync_free:
-                new = random_subset_by_rank(~mask, n, self.rng.generator)
-            else:
-                n_int = int(n)
-                if n_int == 0:
-                    continue
-                new = random_subset(~mask, n_int, self.rng.generator)
-            mask &= ~flipped
-            w.mul_(mask)  # pruned weights (and optimizer drift) to 0 before growth
-            mask |= new   # so new weights start at 0
-        self.masking.apply()
+        flat = self.flat
+        if not len(flat):
+            return
+        w = flat.weights()
+        mask = flat.mask()
+        # The optimizer's output, before masks are re-applied (the code's torch.sign(s_tensor)).
+        sign = torch.sign(w)
+        flipped = (sign * self.prev_sign * mask) < 0
+        self.prev_sign = sign
+        keep = torch.mul(mask, ~flipped, out=self._keep)
+        w.mul_(keep)  # pruned weights (and optimizer drift) to 0 before growth
+        # Candidates: inactive before pruning, i.e. inactive minus the just-pruned.
+        if self.sync_free:
+            n = flat.segment_sums(flipped.long())
+            self._reconnected += n.sum()
+            new = segmented_random_choice(flat, mask == 0, n, self.rng.generator)
+            keep.masked_fill_(new, 1.0)  # new weights are already 0
+            flat.write_weights(w)
+            flat.write_mask(keep)
+            return
+        counts = flat.counts()
+        grow = [0] * len(flat)
+        for d in torch.nonzero(flipped).flatten().tolist():
+            grow[flat.layer_of(d)] += 1
+        if sum(grow) > 0:
+            chosen = sample_in_segments(flat, mask == 0, grow, self.rng.generator)
+            self._revive(None, w, keep, chosen, 0.0)
+            # grow_random grows fewer when a layer has too little room; counts follow.
+            counts = [c - g + len(chosen.get(i, ())) for i, (c, g) in
+                      enumerate(zip(counts, grow, strict=True))]
+            self._reconnected += sum(len(v) for v in chosen.values())
+        flat.write_weights(w)
+        flat.write_mask(keep, counts)
 
     # --- state ------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -276,9 +323,9 @@ class DeepR(MaskedMethod):
         state = {**super().state_dict(), **self.rng.state_dict(),
                  "reconnected": self._reconnected.cpu()}
         if self.hparams.variant == "paper":
-            state["negative"] = {n: t.cpu() for n, t in self.negative.items()}
+            state["negative"] = (self.sign < 0).cpu()
         else:
-            state["prev_sign"] = {n: t.cpu() for n, t in self.prev_sign.items()}
+            state["prev_sign"] = self.prev_sign.to(torch.int8).cpu()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -286,7 +333,8 @@ class DeepR(MaskedMethod):
         self.rng.load_state_dict(state)
         device = self._reconnected.device
         self._reconnected = state["reconnected"].to(device)
+        dtype = self.sign.dtype
         if "negative" in state:
-            self.negative = {n: t.to(device) for n, t in state["negative"].items()}
+            self.sign = 1.0 - 2.0 * state["negative"].to(device=device, dtype=dtype)
         if "prev_sign" in state:
-            self.prev_sign = {n: t.to(device) for n, t in state["prev_sign"].items()}
+            self.prev_sign = state["prev_sign"].to(device=device, dtype=dtype)

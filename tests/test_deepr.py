@@ -142,12 +142,21 @@ def counts(masking):
     return {n: int(m.sum()) for n, m in masking.masks.items()}
 
 
+def per_layer(method, flat_tensor):
+    """Split one of the method's flat vectors into {layer: tensor of the layer's shape}."""
+    return dict(zip(method.flat.names, method.flat.chunks(flat_tensor), strict=True))
+
+
+def negative(method):
+    return per_layer(method, method.sign < 0)
+
+
 # --- paper variant ----------------------------------------------------------------------------
 def test_signs_fixed_and_counts_restored_every_step():
     cfg = config(lr=0.5, epochs=4)  # a large lr so that many connections die
     model, masking, method, opt = build(cfg)
     targets = counts(masking)
-    signs_pos = {n: ~method.negative[n].clone() for n in targets}
+    signs_pos = {n: ~t.clone() for n, t in negative(method).items()}
 
     def check(step):
         assert counts(masking) == targets
@@ -172,7 +181,7 @@ def test_zero_crossing_goes_dormant_and_is_replaced_at_epsilon():
     w = masking.weights()["fc1"]
     mask = masking.masks["fc1"]
     active = torch.nonzero(mask.flatten()).flatten()[:5]
-    neg = method.negative["fc1"].flatten()
+    neg = negative(method)["fc1"].flatten()
     with torch.no_grad():
         flat = w.view(-1)
         # Three cross zero (sign flipped), one lands exactly on zero, one stays (shrinks).
@@ -204,30 +213,37 @@ def test_paper_noise_is_lr_times_gdnoise_on_theta():
     cfg = config(DeepRHparams(l1=0.0, gdnoise=1e-2))
     model, masking, method, _ = build(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    before = {n: w.detach().clone() for n, w in masking.weights().items()}
+    before = method.flat.weights().clone()
     g = torch.Generator()
     g.set_state(method.generator.get_state())
     method.after_step(model, opt, 1)
+    expected = per_layer(method, before.add_(torch.randn(before.numel(), generator=g),
+                                             alpha=0.5 * 1e-2))
     for name, w in masking.weights().items():
-        noise = torch.randn(w.shape, generator=g)
-        expected = before[name].clone().add_(noise, alpha=0.5 * 1e-2)
         alive = masking.masks[name] & (w.detach().abs() != 1e-12)
-        assert torch.equal(w.detach()[alive], expected[alive])
+        assert int(alive.sum()) > 0
+        assert torch.equal(w.detach()[alive], expected[name][alive])
 
 
-def test_l1_term_is_extra_loss_and_its_gradient_is_l1_sign():
-    model, masking, method, opt = build(config(DeepRHparams(l1=1e-3)))
+def test_l1_gradient_equals_autograd_of_the_l1_penalty():
+    cfg = config(DeepRHparams(l1=1e-3))
+    model, masking, method, _ = build(cfg)
     weights = list(masking.weights().values())
-    loss = method.extra_loss(model)
-    expected = 1e-3 * torch.stack([w.abs().sum() for w in weights]).sum()
-    assert torch.equal(loss, expected)
-    opt.zero_grad()
-    loss.backward()
+    penalty = method.l1_penalty(model)
+    assert torch.equal(penalty, 1e-3 * torch.stack([w.abs().sum() for w in weights]).sum())
+    assert method.extra_loss(model) is None
+    x, y = X[:BATCH], Y[:BATCH]
+    # Reference: the penalty in the loss, through autograd, then masked gradients.
+    model.zero_grad()
+    (F.cross_entropy(model(x), y) + method.l1_penalty(model)).backward()
+    expected = {n: w.grad * masking.masks[n] for n, w in masking.weights().items()}
+    # DeepR: the loss alone, the penalty's gradient added in after_backward.
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
     method.after_backward(model, 1)
     for name, w in masking.weights().items():
-        mask = masking.masks[name]
-        assert torch.equal(w.grad, 1e-3 * torch.sign(w.detach()) * mask)
-    assert DeepR(config(DeepRHparams(l1=0.0)), DeepRHparams(l1=0.0)).extra_loss(model) is None
+        assert torch.equal(w.grad, expected[name]), name
+        assert torch.count_nonzero(w.grad[~masking.masks[name]]) == 0
 
 
 def test_global_constraint_keeps_total_and_moves_counts():
@@ -257,7 +273,7 @@ def test_dsr_temperature_schedule_and_stop_scale_with_run():
 
 
 def test_dsr_gradient_noise_is_sqrt_2_eta_t_on_active_entries():
-    model, masking, method, opt = build(config(DSR))
+    model, masking, method, opt = build(config(DeepRHparams(variant="dsr", l1=0.0)))
     x, y = X[:BATCH], Y[:BATCH]
     F.cross_entropy(model(x), y).backward()
     grads = {n: w.grad.clone() * masking.masks[n] for n, w in masking.weights().items()}
@@ -265,9 +281,10 @@ def test_dsr_gradient_noise_is_sqrt_2_eta_t_on_active_entries():
     g.set_state(method.generator.get_state())
     method.after_backward(model, 1)
     std = math.sqrt(2 * 0.01 * 1e-5)
+    mask = method.flat.mask()
+    noise = per_layer(method, torch.randn(mask.numel(), generator=g).mul_(mask))
     for name, w in masking.weights().items():
-        noise = torch.randn(w.shape, generator=g).mul_(masking.masks[name])
-        assert torch.equal(w.grad, grads[name].clone().add_(noise, alpha=std))
+        assert torch.equal(w.grad, grads[name].clone().add_(noise[name], alpha=std))
     # After the stop point nothing is added.
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -299,8 +316,8 @@ def test_dsr_sign_flip_prunes_and_regrows_elsewhere_at_zero():
     kept = before & after
     assert torch.equal(w.detach()[kept], values[kept])
     # The stored sign is now the flipped one, so the same weights do not count again.
-    assert torch.equal(method.prev_sign["fc1"].flatten()[idx], torch.sign(values.flatten()[idx])
-                       .to(torch.int8))
+    prev = per_layer(method, method.prev_sign)["fc1"].flatten()
+    assert torch.equal(prev[idx], torch.sign(values.flatten()[idx]))
 
 
 def test_dsr_no_rewiring_after_stop():
@@ -326,6 +343,25 @@ def test_dsr_counts_kept_per_layer_during_training():
 
     train(model, method, opt, 0, 4 * SPE, check)
     assert method.summary()["reconnected"] > 0
+
+
+def test_sync_free_path_keeps_counts_and_signs():
+    for hp in (DeepRHparams(), DSR):
+        model, masking, method, opt = build(config(hp, lr=0.5, epochs=3))
+        method.sync_free = True  # the accelerator path, exercised on CPU
+        targets = counts(masking)
+        signs_pos = {n: ~t.clone() for n, t in negative(method).items()}
+
+        def check(step, masking=masking, targets=targets, signs_pos=signs_pos, hp=hp):
+            assert counts(masking) == targets
+            assert_masked_zero(masking)
+            if hp.variant == "paper":
+                for name, w in masking.weights().items():
+                    active = masking.masks[name]
+                    assert torch.equal((w.detach() > 0)[active], signs_pos[name][active])
+
+        train(model, method, opt, 0, 3 * SPE, check)
+        assert method.summary()["reconnected"] > 0
 
 
 # --- invariants -------------------------------------------------------------------------------
