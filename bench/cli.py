@@ -55,6 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root = Path(args.data_root) if args.data_root else None
     if args.executor == "slurm":
         return _submit_slurm(args, grid, runs, root, data_root)
+    given = [f for f in (*SLURM_FLAGS, "--sbatch")
+             if getattr(args, f.lstrip("-").replace("-", "_"), None)]
+    if given:
+        raise UserError(f"{given[0]} only applies to --executor slurm")
     missing = pending(runs, root, args.retry_failed)
     # Plus the runs they reuse (EigenDamage's dense run) when --only left those out.
     todo = with_dependencies(missing, root, args.retry_failed)
@@ -93,6 +97,16 @@ def _report(root: Path, out: Path) -> None:
     for path in paths:
         if path.suffix == ".md" and path.name != "README.md":
             print(f"\n{path.read_text()}")
+
+
+SLURM_FLAGS = {
+    "--partition": "partition", "--account": "account", "--qos": "quality of service",
+    "--time": "time limit per run: minutes, HH:MM:SS or D-HH:MM:SS (default 240)",
+    "--gpus": "GPUs per run (default 0)", "--cpus": "CPUs per run (default 2)",
+    "--mem": "memory per run, e.g. 16G", "--constraint": "node features",
+    "--array-parallelism": "tasks of one array running at once (default 256)",
+    "--max-array-size": "tasks per array (default: the cluster's MaxArraySize)",
+}
 
 
 def _slurm_overrides(args: argparse.Namespace, grid_table: dict) -> dict:
@@ -210,14 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, help="local executor: runs at once (default: the "
                      "number of cores)")
     slurm = run.add_argument_group("SLURM (--executor slurm; override the grid's [slurm] table)")
-    for flag, text in (
-        ("--partition", "partition"), ("--account", "account"), ("--qos", "quality of service"),
-        ("--time", "time limit per run: minutes, HH:MM:SS or D-HH:MM:SS (default 240)"),
-        ("--gpus", "GPUs per run (default 0)"), ("--cpus", "CPUs per run (default 2)"),
-        ("--mem", "memory per run, e.g. 16G"), ("--constraint", "node features"),
-        ("--array-parallelism", "tasks of one array running at once (default 256)"),
-        ("--max-array-size", "tasks per array (default: the cluster's MaxArraySize)"),
-    ):
+    for flag, text in SLURM_FLAGS.items():
         slurm.add_argument(flag, help=text)
     slurm.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
                        help="another sbatch option, e.g. --sbatch mail-type=FAIL (repeatable)")

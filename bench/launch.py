@@ -329,10 +329,14 @@ def parse_time(value: Any) -> int:
 
 
 def _line(path: str | None, key: str) -> str:
+    """'file:line' of `key` inside the grid's [slurm] table."""
     if not path or not Path(path).exists():
         return "[slurm]"
+    in_table = False
     for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
-        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", text):
+        if re.match(r"\s*\[", text):
+            in_table = re.match(r"\s*\[\s*slurm\s*\]", text) is not None
+        elif in_table and re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", text):
             return f"{path}:{number}"
     return f"{path}"
 
@@ -354,7 +358,11 @@ def slurm_settings(table: dict[str, Any] | None, overrides: dict[str, Any] | Non
                 values[key] = _check(key, value)
             except ValueError as exc:
                 raise UserError(f"{where}: [slurm] {key}: {exc}") from None
-    return SlurmSettings(**values)
+    settings = SlurmSettings(**values)
+    if settings.signal_delay_s >= settings.time * 60:
+        raise UserError(f"[slurm] signal_delay_s = {settings.signal_delay_s} must be shorter "
+                        f"than the time limit ({settings.time} min)")
+    return settings
 
 
 def _check(key: str, value: Any) -> Any:

@@ -20,6 +20,7 @@ from bench.launch import (
     SlurmSettings,
     Stopped,
     _StopOnSignal,
+    default_jobs,
     order_runs,
     parse_time,
     run_local,
@@ -65,6 +66,7 @@ def test_slurm_settings_from_grid_and_flags(tmp_path):
     ({}, {"time": "soon"}, "--time: [slurm] time: 'soon' is not a time"),
     ({"extra": {"--mail": 1}}, {}, "is not an sbatch long option name"),
     ({"setup": [1]}, {}, "should be a list of shell lines"),
+    ({"time": 2}, {}, "signal_delay_s = 120 must be shorter than the time limit (2 min)"),
 ])
 def test_slurm_settings_reject_bad_values_by_name(tmp_path, table, flags, message):
     grid = tmp_path / "g.toml"
@@ -147,9 +149,10 @@ def test_warning_signal_hands_over_to_submitit_after_the_checkpoint(
 
 
 def test_local_executor_runs_every_run_like_debug(tmp_path, data_root):
+    # As many jobs as cores: one torch thread each, as in this process (same arithmetic).
     runs = [GridRun(tiny_config("static", s, epochs=1), "static") for s in (0.5, 0.9)]
     seen = []
-    results = run_local(runs, tmp_path / "local", data_root, jobs=1,
+    results = run_local(runs, tmp_path / "local", data_root, jobs=default_jobs(),
                         on_result=lambda run, result: seen.append(run.run_id))
     assert sorted(seen) == sorted(r.run_id for r in runs)
     assert [r["status"] for r in results] == ["ok", "ok"]
