@@ -79,8 +79,7 @@ def cli(capsys, *args: str) -> list[str]:
 def data_cache(tmp_path_factory) -> Path:
     """Generated once here, so that concurrent jobs only read it."""
     root = tmp_path_factory.mktemp("slurm-data")
-    for grid_path in (write_grid(root, "g"),):
-        load_dataset(load_grid(str(grid_path)).runs[0].config.data, root)
+    load_dataset(load_grid(str(write_grid(root, "g"))).runs[0].config.data, root)
     return root
 
 
