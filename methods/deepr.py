@@ -43,6 +43,10 @@ l1 * sign(w), is added to the gradients in ``after_backward`` rather than throug
 ``extra_loss`` and autograd: the same numbers (|w|'s backward is sign(w), 0 at 0), a tenth of
 the cost on small models. The training loss the trainer logs never included it.
 
+Per step the work is a few vector ops over all layers at once (``rewiring.FlatLayers``). On CPU
+the dead connections are listed and their replacements drawn by rejection sampling, O(deaths);
+on an accelerator the replacements come from one segmented sort and no count is read back.
+
 Schedules scale with the run: temperature phase starts and the stop point are fractions of the
 run's total steps (25/200, 80/200, 140/200; 190/200).
 
@@ -108,7 +112,6 @@ class DeepR(MaskedMethod):
                             "(the global constraint) needs variant 'paper'")
         if len(hp.dsr_temperatures) != len(hp.dsr_temperature_fractions):
             raise UserError("dsr_temperatures and dsr_temperature_fractions differ in length")
-        self.reconnected = 0
         # On an accelerator the per-step path never reads a count back (see rewiring.py).
         self.sync_free = False
 

@@ -370,3 +370,52 @@ def test_resume_is_bit_identical():
                      (DeepRHparams(), "learned")):
         a, c = resume_matches(config(hp, lr=0.5, epochs=4, distribution=dist), k=7)
         assert a.summary() == c.summary()
+
+
+# --- the shared vector helpers ----------------------------------------------------------------
+def test_flat_layers_see_masks_changed_behind_their_back():
+    from methods.rewiring import FlatLayers
+
+    model, masking, method, _ = build(config())
+    flat = FlatLayers(masking, list(masking.layers))
+    before = flat.mask().clone()
+    assert flat.counts() == [4, 240, 16]
+    new_mask = torch.zeros_like(masking.masks["fc2"])
+    new_mask.view(-1)[:3] = True
+    masking.set_mask("fc2", new_mask)  # e.g. a checkpoint restored after setup
+    assert flat.counts() == [4, 240, 3]
+    assert torch.equal(flat.mask()[:-80], before[:-80])
+    assert torch.equal(flat.mask()[-80:], new_mask.flatten().float())
+    with torch.no_grad():
+        for w in masking.weights().values():
+            w.fill_(1.0)
+    flat.apply()
+    assert_masked_zero(masking)
+    assert int(masking.weights()["fc2"].detach().sum()) == 3
+
+
+def test_sampling_in_segments_is_exact_and_uniform():
+    from methods.rewiring import FlatLayers, sample_in_segments, segmented_random_choice
+
+    model, masking, method, _ = build(config())
+    flat = FlatLayers(masking, list(masking.layers))
+    candidates = flat.mask() == 0
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(flat.total)
+    for _ in range(300):
+        chosen = sample_in_segments(flat, candidates, [2, 30, 64], g)
+        for i, got in chosen.items():
+            assert len(got) == len(set(got)) == [2, 30, 64][i]
+            lo, hi = flat.starts[i], flat.starts[i] + flat.sizes[i]
+            assert all(lo <= d < hi and candidates[d] for d in got)
+            hits[got] += 1
+        new = segmented_random_choice(flat, candidates, torch.tensor([2, 30, 64]), g)
+        assert flat.segment_sums(new.long()).tolist() == [2, 30, 64]
+        assert not (new & ~candidates).any()
+    # fc2 has 64 candidates and asks for all 64 (the fallback path): every one, every time.
+    assert torch.equal(hits[-80:][candidates[-80:]], torch.full((64,), 300.0))
+    # fc1: 30 of 960 candidates per draw -> each hit ~Poisson(9.4) times: none left out
+    # (expected 0.08 of 960) and none far above (the max of 960 such draws is about 20).
+    fc1 = hits[18:1218][candidates[18:1218]]
+    assert fc1.sum() == 300 * 30
+    assert int((fc1 == 0).sum()) <= 2 and float(fc1.max()) <= 24
