@@ -10,8 +10,12 @@ from methods.dense import Dense
 from methods.dsr import DSR
 from methods.eigendamage import EigenDamage
 from methods.gmp import GMP
+from methods.grasp import GraSP
 from methods.set_method import SET
+from methods.snip import SNIP
 from methods.static import Static
+from methods.str_method import STR
+from methods.thin_dense import ThinDense
 
 REGISTRY: dict[str, type[Method]] = {
     cls.name: cls
@@ -19,6 +23,10 @@ REGISTRY: dict[str, type[Method]] = {
         Dense,
         Static,
         GMP,
+        SNIP,
+        GraSP,
+        STR,
+        ThinDense,
         DeepR,
         SET,
         DSR,

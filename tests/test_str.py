@@ -1,0 +1,321 @@
+"""STR: the soft-threshold forward rule and its gradients, weight decay on s, baking, masks,
+resume, and the weight-decay calibration (with a fake trainer and once end to end)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+import methods.str_method as str_method
+from bench.config import MethodConfig, RunConfig, SparsityConfig, TrainConfig
+from bench.flops import count
+from bench.models.mnist1d import MNIST1DCNN
+from bench.run import run_folder, run_one
+from bench.train import Interrupted, make_optimizer
+from methods.base import SetupContext
+from methods.calibration import (
+    Calibration,
+    CalibrationSettings,
+    bisect_weight_decay,
+    cache_path,
+    cached_calibration,
+    density_gap,
+)
+from methods.masking import Masking
+from methods.str_method import STR, SoftThreshold, STRHparams
+from tests.helpers import tiny_config
+
+
+def make_ctx(model, hparams, target=0.9, policy="all", resuming=False, train=None, root=None,
+             seed=0):
+    config = RunConfig(method=MethodConfig("str", hparams),
+                       train=train or TrainConfig(optimizer="sgd", lr=0.1),
+                       sparsity=SparsityConfig(target=target, layer_policy=policy), seed=seed)
+    method = STR(config, hparams)
+    masking = Masking.attach(model, policy)
+    ctx = SetupContext(model=model, masking=masking, config=config, loss_fn=F.cross_entropy,
+                       batches=lambda: iter(()), steps_per_epoch=1, device=torch.device("cpu"),
+                       generator=method.generator, root=root, resuming=resuming)
+    return method, ctx
+
+
+def batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 40, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_forward_rule_and_its_gradients():
+    w = torch.tensor([[-0.30, -0.05, 0.0], [0.02, 0.07, 0.5]], dtype=torch.float64)
+    s = torch.tensor([-2.5], dtype=torch.float64)  # threshold sigmoid(-2.5) ~ 0.0759
+    tau = torch.sigmoid(s)
+    st = SoftThreshold(-2.5, w)
+    out = st(w.clone().requires_grad_(True))
+    expected = torch.where(w.abs() > tau, w - tau * torch.sign(w), torch.zeros_like(w))
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=1e-15)
+    # Sub-gradients, by hand: dW_hat/dW = 1[|W| > tau]; dW_hat/ds = -sign(W) 1[|W| > tau] s'(s)
+    upstream = torch.arange(1.0, 7.0, dtype=torch.float64).view(2, 3)
+    wv = w.clone().requires_grad_(True)
+    out = st(wv)
+    gw, gs = torch.autograd.grad((out * upstream).sum(), [wv, st.s])
+    alive = (w.abs() > tau).double()
+    torch.testing.assert_close(gw, upstream * alive)
+    ds = -(upstream * torch.sign(w) * alive).sum() * tau * (1 - tau)
+    torch.testing.assert_close(gs, ds.view(1))
+
+
+def test_matches_the_reference_composition_and_its_autograd():
+    """STR's ``sparseFunction``: torch.sign(x) * torch.relu(torch.abs(x) - torch.sigmoid(s))."""
+    g = torch.Generator().manual_seed(4)
+    for s_value in (-6.0, -2.0, 0.5):
+        w = torch.randn(40, 30, generator=g, dtype=torch.float64) * 0.3
+        w[0, :5] = torch.sigmoid(torch.tensor(s_value, dtype=torch.float64))  # |W| == t ties
+        w[1, :3] = 0.0
+        up = torch.randn(40, 30, generator=g, dtype=torch.float64)
+        grads = []
+        for fn in (str_method.soft_threshold,
+                   lambda x, s: torch.sign(x) * torch.relu(torch.abs(x) - torch.sigmoid(s))):
+            wv = w.clone().requires_grad_(True)
+            sv = torch.tensor([s_value], dtype=torch.float64, requires_grad=True)
+            out = fn(wv, sv)
+            grads.append((out.detach(), *torch.autograd.grad((out * up).sum(), [wv, sv])))
+        (o1, gw1, gs1), (o2, gw2, gs2) = grads
+        assert torch.equal(o1, o2)
+        assert torch.equal(gw1, gw2)
+        torch.testing.assert_close(gs1, gs2, rtol=1e-12, atol=0.0)
+
+
+def test_reparameterises_prunable_layers_with_one_s_each_under_the_same_weight_decay():
+    torch.manual_seed(0)
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(weight_decay=0.05), policy="dense_first")
+    method.setup(ctx)
+    names = {n for n, _ in model.named_parameters() if n.endswith(".s")}
+    assert names == {f"{layer}.parametrizations.weight.0.s"
+                     for layer in ("conv2", "conv3", "linear")}
+    assert not parametrize.is_parametrized(model.conv1)
+    for layer in ("conv2", "conv3", "linear"):
+        assert getattr(model, layer).parametrizations.weight[0].s.item() == -3200.0
+    phase = method.phases()[0]
+    assert phase.train.weight_decay == 0.05 and phase.train.optimizer == "sgd"
+    optimizer = make_optimizer(model, phase.train)
+    s = model.conv2.parametrizations.weight[0].s
+    assert any(p is s for g in optimizer.param_groups for p in g["params"])
+    w0 = model.conv2.parametrizations.weight.original.detach().clone()
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    # sigmoid'(-3200) == 0: the loss does not move s, only the decay does.
+    assert s.grad.item() == 0.0
+    grad_w = model.conv2.parametrizations.weight.original.grad.clone()
+    optimizer.step()
+    assert s.item() == pytest.approx(-3200.0 * (1 - 0.1 * 0.05), rel=1e-7)
+    torch.testing.assert_close(model.conv2.parametrizations.weight.original.detach(),
+                               w0 - 0.1 * (grad_w + 0.05 * w0))
+
+
+def train_steps(model, method, optimizer, steps=5):
+    """Train; return, per step, the nonzero patterns of the weights its forward pass used."""
+    x, y = batch(128, seed=1)
+    patterns = []
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        with torch.no_grad():
+            patterns.append({n: m.weight != 0 for n, m in method.layers.items()})
+        F.cross_entropy(model(x), y).backward()
+        method.after_backward(model, step)
+        optimizer.step()
+        method.after_step(model, optimizer, step)
+    return patterns
+
+
+def test_masks_follow_the_thresholds_in_place_and_baking_keeps_the_forward():
+    torch.manual_seed(1)
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+    method.setup(ctx)
+    buffers = {n: m.data_ptr() for n, m in ctx.masking.masks.items()}
+    optimizer = make_optimizer(model, method.phases()[0].train)
+    patterns = train_steps(model, method, optimizer)
+    # After each step the masks are those of the weights the step computed with (the density
+    # the trainer integrates into training FLOPs), in the same buffers.
+    changed = False
+    for name, module in ctx.masking.layers.items():
+        assert module.weight_mask.data_ptr() == buffers[name]
+        assert torch.equal(module.weight_mask, patterns[-1][name])
+        changed |= not torch.equal(patterns[0][name], patterns[-1][name])
+    assert changed
+    assert 0.1 < 1 - ctx.masking.density() < 0.9  # sigmoid(-3) ~ 0.047 prunes some, not all
+    x, _ = batch(32, seed=2)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    thresholds = method.thresholds()
+    method.finalize(model)
+    with torch.no_grad():
+        after = model(x)
+    assert torch.equal(before, after)
+    for name, module in ctx.masking.layers.items():
+        assert not parametrize.is_parametrized(module)
+        assert type(module.weight) is nn.Parameter
+        assert torch.equal(module.weight_mask, module.weight != 0)
+        assert thresholds[name] == pytest.approx(
+            float(torch.sigmoid(torch.tensor(-3.0))), abs=0.05)
+    assert set(model.state_dict()) == set(MNIST1DCNN().state_dict()) | {
+        f"{n}.weight_mask" for n in ctx.masking.layers}
+    counts = count(model, (40,))
+    zeros = sum(int((m.weight == 0).sum()) for m in ctx.masking.layers.values())
+    assert counts.params_nonzero == counts.params_total - zeros
+    summary = method.summary()
+    assert summary["achieved_sparsity"] == pytest.approx(counts.sparsity)
+    assert summary["weight_decay"] == 1e-3 and summary["weight_decay_source"] == "hparams"
+
+
+def test_checkpointed_state_restores_into_a_fresh_setup():
+    torch.manual_seed(2)
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+    method.setup(ctx)
+    train_steps(model, method, make_optimizer(model, method.phases()[0].train), 3)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "method": method.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+
+    fresh = MNIST1DCNN()
+    method2, ctx2 = make_ctx(fresh, STRHparams(s_init=-3.0, weight_decay=1e-3), resuming=True)
+    method2.setup(ctx2)
+    method2.load_state_dict(state["method"])
+    fresh.load_state_dict(state["model"])
+    assert method2.phases()[0].train.weight_decay == 1e-3
+    x, _ = batch(16, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+
+
+# --- calibration ----------------------------------------------------------------------
+
+def fake_curve(scale=1e-3):
+    """A monotone sparsity(wd) curve and a log of the calls made to it."""
+    calls = []
+
+    def train_short(wd):
+        calls.append(wd)
+        return float(1 - torch.exp(torch.tensor(-wd / scale)))
+
+    return train_short, calls
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.98])
+def test_bisection_reaches_the_target_density_within_tolerance(target):
+    train_short, calls = fake_curve()
+    result = bisect_weight_decay(train_short, target, CalibrationSettings(max_runs=30))
+    assert result.converged
+    assert density_gap(result.achieved, target) <= 0.05
+    assert result.achieved == pytest.approx(train_short(result.weight_decay))
+    assert [w for w, _ in result.evaluations] == calls[:-1]
+    # Exact answer of the fake: wd* = -scale * log(1 - target).
+    true_wd = -1e-3 * torch.log(torch.tensor(1 - target)).item()
+    assert result.weight_decay == pytest.approx(true_wd, rel=0.1)
+
+
+def test_bisection_expands_the_bracket_both_ways_and_stops_at_max_runs():
+    train_short, _ = fake_curve(scale=10.0)  # needs wd ~ 23 for 90%: far above high=0.1
+    up = bisect_weight_decay(train_short, 0.9, CalibrationSettings(max_runs=30))
+    assert up.converged and up.weight_decay > 1.0
+    train_short, _ = fake_curve(scale=1e-9)  # needs wd ~ 2e-9: far below low=1e-6
+    down = bisect_weight_decay(train_short, 0.9, CalibrationSettings(max_runs=30))
+    assert down.converged and down.weight_decay < 1e-8
+    never, calls = fake_curve(scale=1e4)  # 90% needs wd ~ 2.3e4: four runs reach 100
+    result = bisect_weight_decay(never, 0.9, CalibrationSettings(max_runs=4))
+    assert len(calls) == 4 and not result.converged
+    assert result.weight_decay == max(calls)  # the closest of the four
+
+
+def test_cache_is_written_under_the_root_and_reused(tmp_path):
+    train_short, calls = fake_curve()
+    config = RunConfig(method=MethodConfig("str", STRHparams()),
+                       sparsity=SparsityConfig(target=0.9))
+    settings = CalibrationSettings(max_runs=30)
+    first = cached_calibration(tmp_path, config, train_short, settings)
+    path = cache_path(tmp_path, config)
+    assert path.parent == tmp_path / "calibration" and path.exists()
+    body = json.loads(path.read_text())
+    assert Calibration.from_dict(body["calibration"]) == first
+    n = len(calls)
+    again = cached_calibration(tmp_path, config, train_short, settings)
+    assert again == first and len(calls) == n
+    # Another target, or other search settings, is another search.
+    other = replace(config, sparsity=SparsityConfig(target=0.8))
+    cached_calibration(tmp_path, other, train_short, settings)
+    assert cache_path(tmp_path, other) != path and len(calls) > n
+    m = len(calls)
+    cached_calibration(tmp_path, config, train_short, CalibrationSettings(max_runs=29))
+    assert len(calls) > m
+
+
+def test_setup_calibrates_once_for_all_seeds_and_recipes_weight_decay(tmp_path, monkeypatch):
+    made = []
+
+    def fake_runner(make_config, data_root):
+        def train_short(wd):
+            config = make_config(wd)
+            made.append(config)
+            return float(1 - torch.exp(torch.tensor(-wd / 1e-3)))
+        return train_short
+
+    monkeypatch.setattr(str_method, "trainer_short_run", fake_runner)
+    hp = STRHparams(calibration_max_runs=30)
+    method, ctx = make_ctx(MNIST1DCNN(), hp, root=tmp_path, seed=3)
+    method.setup(ctx)
+    assert method.weight_decay_source == "calibrated"
+    assert method.phases()[0].train.weight_decay == method.calibration.weight_decay
+    assert {c.seed for c in made} == {0}
+    assert {c.method.hparams.weight_decay for c in made} == {w for w, _ in
+                                                             method.calibration.evaluations}
+    assert all(c.sparsity.target == 0.9 and c.train.optimizer == "sgd" for c in made)
+    n = len(made)
+    other_train = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4)
+    method2, ctx2 = make_ctx(MNIST1DCNN(), hp, root=tmp_path, seed=7, train=other_train)
+    method2.setup(ctx2)
+    assert len(made) == n and method2.weight_decay == method.weight_decay
+    summary = method2.summary()
+    assert summary["calibration"]["converged"] and summary["calibration"]["seed"] == 0
+
+
+def test_end_to_end_calibrated_run_lands_near_its_target(tmp_path, data_root):
+    hp = STRHparams(s_init=-5.0, calibration_high=0.1, calibration_max_runs=10,
+                    calibration_rel_tol=0.25)
+    config = tiny_config("str", 0.7, epochs=2, optimizer="sgd", lr=0.1)
+    config = replace(config, method=MethodConfig("str", hp))
+    result = run_one(config, tmp_path, data_root)
+    assert result["status"] == "ok", result.get("error")
+    summary = result["method_summary"]
+    cal = summary["calibration"]
+    assert summary["weight_decay"] == cal["weight_decay"]
+    assert cal["converged"], cal
+    # Seed 0 is the calibration seed, so the run reproduces the calibration's sparsity.
+    assert result["counts"]["sparsity"] == pytest.approx(cal["achieved"], abs=1e-12)
+    assert summary["achieved_sparsity"] == pytest.approx(result["counts"]["sparsity"])
+    assert density_gap(result["counts"]["sparsity"], 0.7) <= 0.25
+    assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+
+    # Interrupted after one epoch and resumed: identical to an uninterrupted run.
+    resumed_root = tmp_path / "resumed"
+    (resumed_root / "calibration").mkdir(parents=True)
+    for f in (tmp_path / "calibration").glob("*.json"):
+        (resumed_root / "calibration" / f.name).write_text(f.read_text())
+    with pytest.raises(Interrupted):
+        run_one(config, resumed_root, data_root, stop_after_epoch=1)
+    again = run_one(config, resumed_root, data_root)
+    a = torch.load(run_folder(tmp_path, config) / "model.pt", weights_only=True)
+    b = torch.load(run_folder(resumed_root, config) / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert again["method_summary"]["weight_decay"] == summary["weight_decay"]
