@@ -74,6 +74,11 @@ class GridRun:
     def run_id(self) -> str:
         return run_id(self.config)
 
+    @property
+    def label(self) -> str | None:
+        """The table label: a variant's own name; None lets the method name itself."""
+        return self.entry if self.entry != self.config.method.name else None
+
 
 @dataclass
 class Grid:

@@ -168,7 +168,7 @@ class RunCell(submitit.helpers.Checkpointable):
         self.retry_failed = retry_failed
         self.threads = threads
 
-    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], label: str | None = None) -> dict[str, Any]:
         import torch
 
         if self.threads:
@@ -180,16 +180,17 @@ class RunCell(submitit.helpers.Checkpointable):
             try:
                 result = run_one(cfg, Path(self.root),
                                  Path(self.data_root) if self.data_root else None,
-                                 retry_failed=self.retry_failed, should_stop=stop)
+                                 label=label, retry_failed=self.retry_failed, should_stop=stop)
             except Interrupted:
                 stop.after_interrupt(rid)
         print(f"sparsebench: run {rid} {result['status']}"
               + (f": {result['error']}" if result.get("error") else ""), flush=True)
         return {"run_id": rid, "status": result["status"], "error": result.get("error")}
 
-    def checkpoint(self, config: dict[str, Any]) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, config: dict[str, Any],
+                   label: str | None = None) -> submitit.helpers.DelayedSubmission:
         """Requeue with the same arguments: the state is in the run folder, not in `self`."""
-        return submitit.helpers.DelayedSubmission(self, config)
+        return submitit.helpers.DelayedSubmission(self, config, label)
 
 
 # --- debug and local executors --------------------------------------------------------------------
@@ -204,7 +205,8 @@ def run_debug(
     """Every run in this process, one after another (breakpoints work)."""
     results = []
     for run in order_runs(runs):
-        result = run_one(run.config, root, data_root, retry_failed=retry_failed)
+        result = run_one(run.config, root, data_root, label=run.label,
+                         retry_failed=retry_failed)
         results.append(result)
         if on_result is not None:
             on_result(run, result)
@@ -247,7 +249,7 @@ def run_local(
                     break
                 deps = {d.run_id for d in dependencies(run)} & ids
                 if deps <= finished:
-                    active[executor.submit(cell, to_dict(run.config))] = run
+                    active[executor.submit(cell, to_dict(run.config), run.label)] = run
                     todo.remove(run)
             for job in [j for j in active if j.done()]:
                 run = active.pop(job)
@@ -563,7 +565,8 @@ def submit_slurm(
             for start in range(0, len(group), chunk):
                 part = group[start:start + chunk]
                 try:
-                    jobs = executor.map_array(cell, [to_dict(r.config) for r in part])
+                    jobs = executor.map_array(cell, [to_dict(r.config) for r in part],
+                                              [r.label for r in part])
                 except Exception as exc:  # sbatch's message is the useful part
                     raise UserError(f"sbatch refused the job array: "
                                     f"{str(exc).strip().splitlines()[-1]}") from None

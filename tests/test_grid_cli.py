@@ -12,6 +12,7 @@ import pytest
 from bench.cli import main
 from bench.errors import UserError
 from bench.grid import load_grid, parse_only, select
+from bench.store import iter_results
 from methods import REGISTRY
 
 GRID = textwrap.dedent("""\
@@ -140,7 +141,8 @@ def test_run_then_rerun_trains_nothing_and_reports(tmp_path, capsys, data_root):
     grid = grid.replace("seeds = [0, 1]", "seeds = [0]")
     path = write(tmp_path, grid)
     root = tmp_path / "root"
-    args = ["run", str(path), "--root", str(root), "--data-root", str(data_root)]
+    args = ["run", str(path), "--root", str(root), "--data-root", str(data_root),
+            "--executor", "debug"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "7 to run" in first
@@ -148,6 +150,8 @@ def test_run_then_rerun_trains_nothing_and_reports(tmp_path, capsys, data_root):
     for name in ("accuracy.md", "accuracy.csv", "params.png", "params.svg", "macs.png",
                  "macs.svg"):
         assert (report / name).stat().st_size > 0, name
+    labels = sorted(r["method_label"] for _, r in iter_results(root))
+    assert labels == ["dense", "gmp", "gmp", "static", "static", "static-erk", "static-erk"]
     assert main(args) == 0
     assert "0 to run" in capsys.readouterr().out
     assert main(["status", str(path), "--root", str(root)]) == 0
