@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -206,7 +207,7 @@ def fake_curve(scale=1e-3):
 
     def train_short(wd):
         calls.append(wd)
-        return float(1 - torch.exp(torch.tensor(-wd / scale)))
+        return 1.0 - math.exp(-wd / scale)
 
     return train_short, calls
 
@@ -218,7 +219,8 @@ def test_bisection_reaches_the_target_density_within_tolerance(target):
     assert result.converged
     assert density_gap(result.achieved, target) <= 0.05
     assert result.achieved == pytest.approx(train_short(result.weight_decay))
-    assert [w for w, _ in result.evaluations] == calls[:-1]
+    assert [w for w, _ in result.evaluations] == sorted(calls[:-1])
+    assert result.runs == len(calls) - 1
     # Exact answer of the fake: wd* = -scale * log(1 - target).
     true_wd = -1e-3 * torch.log(torch.tensor(1 - target)).item()
     assert result.weight_decay == pytest.approx(true_wd, rel=0.1)
@@ -246,17 +248,38 @@ def test_cache_is_written_under_the_root_and_reused(tmp_path):
     path = cache_path(tmp_path, config)
     assert path.parent == tmp_path / "calibration" and path.exists()
     body = json.loads(path.read_text())
-    assert Calibration.from_dict(body["calibration"]) == first
+    assert Calibration.from_dict(body["targets"]["0.9"]["calibration"]) == first
+    assert first.runs == len(calls)
+    assert sorted(tuple(e) for e in body["evaluations"]) == sorted(
+        (w, 1.0 - math.exp(-w / 1e-3)) for w in calls)
     n = len(calls)
     again = cached_calibration(tmp_path, config, train_short, settings)
     assert again == first and len(calls) == n
-    # Another target, or other search settings, is another search.
+    # Another target shares the file and starts from the evaluated runs: a tight bracket.
     other = replace(config, sparsity=SparsityConfig(target=0.8))
-    cached_calibration(tmp_path, other, train_short, settings)
-    assert cache_path(tmp_path, other) != path and len(calls) > n
+    assert cache_path(tmp_path, other) == path
+    second = cached_calibration(tmp_path, other, train_short, settings)
+    assert second.converged and 0 < second.runs == len(calls) - n < first.runs
+    body = json.loads(path.read_text())
+    assert set(body["targets"]) == {"0.9", "0.8"}
+    assert len(body["evaluations"]) == len(calls)
+    # Other search settings search again, here without a single new run: a cached point fits.
     m = len(calls)
-    cached_calibration(tmp_path, config, train_short, CalibrationSettings(max_runs=29))
-    assert len(calls) > m
+    third = cached_calibration(tmp_path, config, train_short, CalibrationSettings(max_runs=29))
+    assert third.runs == 0 and len(calls) == m and third.weight_decay == first.weight_decay
+
+
+def test_known_points_give_the_bracket_and_a_close_one_ends_the_search():
+    train_short, calls = fake_curve()
+    wd90 = -1e-3 * torch.log(torch.tensor(0.1)).item()
+    known = {1e-4: 0.095, 1e-3: 0.632, 1e-2: 0.99995}
+    result = bisect_weight_decay(train_short, 0.9, CalibrationSettings(), known)
+    assert result.converged
+    # Every new evaluation lies inside the bracket the known points gave.
+    assert calls and all(1e-3 < w < 1e-2 for w in calls)
+    assert result.weight_decay == pytest.approx(wd90, rel=0.1)
+    close = bisect_weight_decay(train_short, 0.632, CalibrationSettings(), known)
+    assert close.runs == 0 and close.weight_decay == 1e-3
 
 
 def test_setup_calibrates_once_for_all_seeds_and_recipes_weight_decay(tmp_path, monkeypatch):
