@@ -15,6 +15,9 @@ Every P steps, until the stop point:
    layer (clamped at 0); each layer grows min(G_l, room) uniformly random inactive positions,
    excluding the ones it just pruned; repeat on what is still missing until the total grown
    equals the total pruned. Global sparsity is therefore exact; per-layer densities are learned.
+   Deviation: the repeats split the remainder over the layers that still have room. The
+   reference keeps a full layer's share and never terminates when that share rounds to the
+   whole remainder (seen on the MNIST-1D CNN at 95%, whose first conv fills up).
 3. Adjust H for the next reallocation: if sum(K) > (1 + delta) N_p halve it, if sum(K) <
    (1 - delta) N_p double it (delta = 0.1 is hard-coded in main.py).
 
@@ -78,13 +81,16 @@ def adjust_threshold(threshold: float, n_pruned: int, n_prune_target: int, delta
     return threshold
 
 
-def allocation_round(shares: list[float], to_grow: int, generator: torch.Generator) -> list[int]:
+def allocation_round(shares: list[float], to_grow: int, generator: torch.Generator,
+                     eligible: list[int] | None = None) -> list[int]:
     """One pass of the reference's growth split: shares * to_grow rounded half-to-even, the
-    rounding discrepancy added to one random layer and clamped at zero."""
+    rounding discrepancy added to one random layer (of ``eligible``; all by default) and
+    clamped at zero."""
     counts = torch.round(torch.tensor(shares, dtype=torch.float64) * to_grow).long()
     discrepancy = to_grow - int(counts.sum())
     if discrepancy != 0:
-        i = int(torch.randint(len(shares), (1,), generator=generator))
+        pool = list(range(len(shares))) if eligible is None else eligible
+        i = pool[int(torch.randint(len(pool), (1,), generator=generator))]
         counts[i] = max(0, int(counts[i]) + discrepancy)
     return counts.tolist()
 
@@ -151,8 +157,24 @@ class DSR(MaskedMethod):
             shares = [r / sum(remaining) for r in remaining]
             # Room excludes the positions each layer just pruned (grow_random's setdiff1d).
             room = [int((~masks[n] & ~pruned[n]).sum()) for n in names]
+            first = True
             while sum(grown) < total_pruned and sum(room) > 0:
-                counts = allocation_round(shares, total_pruned - sum(grown), self.generator)
+                if first:
+                    counts = allocation_round(shares, total_pruned - sum(grown), self.generator)
+                    first = False
+                else:
+                    # What a full layer could not take goes to the layers with room. The
+                    # reference keeps the full layer's share and can loop forever when that
+                    # share rounds to the whole remainder; it agrees with this otherwise
+                    # whenever its random fix-up lands on a layer with room.
+                    open_ = [i for i, r in enumerate(room) if r > 0]
+                    weight = [float(remaining[i]) if room[i] > 0 else 0.0
+                              for i in range(len(names))]
+                    if sum(weight) == 0.0:
+                        weight = [1.0 if room[i] > 0 else 0.0 for i in range(len(names))]
+                    redo = [x / sum(weight) for x in weight]
+                    counts = allocation_round(redo, total_pruned - sum(grown), self.generator,
+                                              open_)
                 for i, name in enumerate(names):
                     n = min(counts[i], room[i])
                     if n <= 0:

@@ -329,3 +329,16 @@ def test_resume_is_bit_identical():
     assert a.threshold == c.threshold
     assert a.reallocations == c.reallocations
     assert a.summary() == c.summary()
+
+
+def test_regrowth_terminates_when_a_full_layer_holds_most_of_the_share():
+    # conv is full and loses nothing; fc1 loses 1 weight. The share of conv (18 of 22
+    # survivors) rounds to the whole single regrowth, which the reference would retry forever.
+    _, masking, method, _ = build(config())
+    method.threshold = 0.05
+    _layout(method, masking, [1.0] * 18, [0.01] + [1.0] * 2, [1.0] * 2)
+    report = method.reallocate()
+    assert report["conv"] == (0, 0)
+    assert report["fc1"][0] == 1
+    assert sum(g for _, g in report.values()) == 1
+    assert sum(masking.nonzero().values()) == 18 + 3 + 2
