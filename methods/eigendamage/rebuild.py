@@ -69,7 +69,7 @@ def _like(template: nn.Module, c_in: int, c_out: int, bias: bool, pointwise: boo
 def empty_bottleneck(layer: nn.Module, kept_in: int, kept_out: int,
                      trainable_rotations: bool = True) -> Bottleneck:
     """A bottleneck with the right shapes for `layer` (an original layer or a bottleneck);
-    weights are placeholders, to be filled or loaded from a checkpoint."""
+    its weights are freshly initialised and meant to be overwritten from a checkpoint."""
     core = core_of(layer)
     c_in, c_out = outer_dims(layer)
     bias = (layer.rotate_out.bias if isinstance(layer, Bottleneck) else layer.bias) is not None
