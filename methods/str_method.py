@@ -17,8 +17,11 @@ are ordinary parameters of the model, so the optimizer the trainer builds after 
 them and applies the *same* weight decay to s as to everything else (STR's ``--st-decay``
 default None; ``main.py``, ``get_optimizer``). Checkpoints hold both, and a resumed run
 re-registers the parametrization in ``setup`` before the trainer loads the state. After every
-step the layers' ``weight_mask`` buffers are set to W_hat != 0, in place, so the density the
-trainer logs and integrates into training FLOPs is STR's current one. ``finalize`` bakes the
+step the layers' ``weight_mask`` buffers are set, in place, to the nonzero pattern of the W_hat
+that step computed with, so the density the trainer logs and integrates into training FLOPs is
+STR's own. The rule runs as one custom autograd node (``_SoftThreshold``) with exactly the
+reference composition's values and sub-gradients (tested), because six small autograd nodes per
+layer cost more than the convolutions of a small model. ``finalize`` bakes the
 thresholds in: each weight becomes the plain tensor W_hat, the parametrization is removed, and
 the masks equal W_hat != 0, so counting sees exactly the zeros the forward pass has.
 
@@ -29,9 +32,15 @@ the search. The chosen decay replaces the recipe's in this run's single training
 ``summary()`` records it with the achieved sparsity and per-layer thresholds.
 
 Deviations, on purpose: the reference uses Kaiming-normal fan-in init and learned-affine BN; the
-harness keeps each model's own init. STR's optimizer is SGD with momentum (its Adam branch has no
-weight decay at all, so STR would never prune there); with an Adam recipe the decay enters Adam's
-gradient as L2 and the calibration may not reach the target (``converged`` false in the summary).
+harness keeps each model's own init.
+
+Use SGD for STR cells. STR's optimizer is SGD with momentum (its Adam branch has no weight decay
+at all, so STR never prunes there). Under the harness's Adam, decay enters as L2 and Adam
+normalises it away: s moves by about lr per step whatever the decay, so from s_init = -3200 the
+thresholds never wake up in a short run and calibration reports ``converged: false``. Under SGD
+s decays like s_init * exp(-lr_eff * wd * steps), so a short run needs a large decay to wake
+the thresholds from -3200 (the reference's value suits 100 ImageNet epochs); a smaller
+``|s_init|`` is the knob for short schedules, at the cost of leaving the reference config.
 """
 
 from __future__ import annotations

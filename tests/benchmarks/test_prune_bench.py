@@ -53,8 +53,9 @@ class Setup:
         cls = get_method(method)
         self.hparams = hparams if hparams is not None else cls.Hparams()
         g = torch.Generator().manual_seed(1)
-        # Only the setup data needs the full epoch; a step reuses one batch.
-        n = examples if method in ("snip", "grasp") else batch
+        # Pruning reads the first few hundred examples of the setup stream; a step reuses one
+        # batch. The epoch itself is timed as steps per epoch x one dense step.
+        n = min(examples, 2000) if method in ("snip", "grasp") else batch
         self.data_x = torch.randn(n, *shape, generator=g)
         self.data_y = torch.randint(10, (n,), generator=g)
         self.x, self.y = self.data_x[:batch], self.data_y[:batch]
