@@ -10,9 +10,9 @@ when |W| grows past the threshold again. s starts at the constant ``s_init``: -3
 reference's ResNet-50 config (``configs/largescale/resnet50-str.yaml``; MobileNetV1 uses -12800),
 so sigmoid(s) is 0 and training starts dense.
 
-How it fits the hook contract: ``setup`` registers a ``torch.nn.utils.parametrize``
-parametrization on every prunable module's ``weight``. W becomes
-``<layer>.parametrizations.weight.original`` and s ``<layer>.parametrizations.weight.0.s``; both
+How it fits the hook contract: ``setup`` reparameterizes every prunable module's ``weight``. W
+becomes ``<layer>.parametrizations.weight.original`` and s ``<layer>.parametrizations.weight.0.s``
+(the keys and parameter order ``torch.nn.utils.parametrize`` gives, which STR used before); both
 are ordinary parameters of the model, so the optimizer the trainer builds after ``setup`` trains
 them and applies the *same* weight decay to s as to everything else (STR's ``--st-decay``
 default None; ``main.py``, ``get_optimizer``). Checkpoints hold both, and a resumed run
@@ -21,9 +21,13 @@ step the layers' ``weight_mask`` buffers are set, in place, to the nonzero patte
 that step computed with, so the density the trainer logs and integrates into training FLOPs is
 STR's own. The rule runs as one custom autograd node (``_SoftThreshold``) with exactly the
 reference composition's values and sub-gradients (tested), because six small autograd nodes per
-layer cost more than the convolutions of a small model. ``finalize`` bakes the
-thresholds in: each weight becomes the plain tensor W_hat, the parametrization is removed, and
-the masks equal W_hat != 0, so counting sees exactly the zeros the forward pass has.
+layer cost more than the convolutions of a small model. ``<layer>.weight`` is a property giving
+W_hat; a forward pre-hook on the model computes W_hat for all layers at once, in one node, for
+that forward pass (the pattern of torch's parametrize plus its per-access cost made STR's step
+1.3x the dense one on the MNIST-1D CNN); outside a forward pass the property computes W_hat
+afresh. ``finalize`` bakes the thresholds in: each weight becomes the plain tensor W_hat, the
+reparameterization and the hooks are removed, and the masks equal W_hat != 0, so counting sees
+exactly the zeros the forward pass has.
 
 Sparsity comes from the weight decay (the threshold grows as decay pulls s towards 0), so a run
 with a target gets its weight decay from ``methods.calibration`` (bisection over runs of the same
@@ -50,7 +54,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from methods.base import Method, Phase, SetupContext
 from methods.calibration import (
@@ -75,40 +78,58 @@ class STRHparams:
 
 
 class _SoftThreshold(torch.autograd.Function):
-    """(W, s) -> sign(W) * relu(|W| - t), t = sigmoid(s), as one autograd node.
+    """(n, W_1..W_n, s_1..s_n) -> (W_hat_1..W_hat_n, alive_1..alive_n) with
+    W_hat = sign(W) * relu(|W| - t), t = sigmoid(s), for all layers as one autograd node.
 
     Forward: W - clamp(W, -t, t), the same values up to the sign of zeros. Backward: the
     sub-gradients autograd takes through the reference's sigmoid/sign/abs/relu composition
     (relu'(0) = 0): dW = g * 1[|W| > t] and ds = -sum(g * sign(W) * 1[|W| > t]) * t * (1 - t).
-    One node instead of six keeps the per-layer overhead small on small models. Also returns
-    the alive pattern 1[|W| > t], which is exactly where the output is nonzero."""
+    One node for the whole model instead of six per layer: on small models the autograd and
+    Python cost per node rivals the convolutions. The ``_foreach`` calls run, per tensor, the
+    same kernels as the single-tensor ops, so the values do not depend on the batching. Also
+    returns the alive patterns 1[|W| > t], exactly where the outputs are nonzero."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, s: torch.Tensor):
-        t = torch.sigmoid(s)
-        alive = weight.abs() > t
-        ctx.save_for_backward(weight, alive, t)
-        ctx.mark_non_differentiable(alive)
-        return weight - torch.clamp(weight, -t, t), alive
+    def forward(ctx, n: int, *tensors: torch.Tensor):
+        weights, ss = tensors[:n], tensors[n:]
+        ts = torch._foreach_sigmoid(ss)
+        alive = [torch.gt(a, t) for a, t in zip(torch._foreach_abs(weights), ts, strict=True)]
+        clamped = [torch.clamp(w, lo, t)
+                   for w, lo, t in zip(weights, torch._foreach_neg(ts), ts, strict=True)]
+        ctx.n = n
+        ctx.save_for_backward(*weights, *alive, *ts)
+        ctx.mark_non_differentiable(*alive)
+        ctx.set_materialize_grads(False)
+        return (*torch._foreach_sub(weights, clamped), *alive)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_alive: torch.Tensor | None):
-        weight, alive, t = ctx.saved_tensors
-        grad_w = torch.where(alive, grad, 0.0)
-        grad_s = None
-        if ctx.needs_input_grad[1]:
-            grad_s = (grad_w * torch.sign(weight)).sum() * (t * (t - 1.0))
-        return grad_w, grad_s
+    def backward(ctx, *grads: torch.Tensor | None):
+        n = ctx.n
+        saved = ctx.saved_tensors
+        weights, alive, ts = saved[:n], saved[n:2 * n], saved[2 * n:]
+        grad_w = [None if g is None else torch.where(a, g, 0.0)
+                  for a, g in zip(alive, grads[:n], strict=True)]
+        grad_s: list[torch.Tensor | None] = [None] * n
+        used = [i for i in range(n) if grad_w[i] is not None and ctx.needs_input_grad[1 + n + i]]
+        if used:
+            t = [ts[i] for i in used]
+            sums = [x.sum() for x in torch._foreach_mul([grad_w[i] for i in used],
+                                                        torch._foreach_sign([weights[i]
+                                                                             for i in used]))]
+            factors = torch._foreach_mul(t, torch._foreach_sub(t, 1.0))
+            for i, value in zip(used, torch._foreach_mul(sums, factors), strict=True):
+                grad_s[i] = value
+        return (None, *grad_w, *grad_s)
 
 
 def soft_threshold(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """STR's ``sparseFunction``: sign(W) * relu(|W| - sigmoid(s))."""
-    return _SoftThreshold.apply(weight, s)[0]
+    return _SoftThreshold.apply(1, weight, s)[0]
 
 
 class SoftThreshold(nn.Module):
-    """The parametrization W -> sign(W) * relu(|W| - sigmoid(s)), owning the layer's s. Keeps
-    the nonzero pattern of the weight it last produced in ``alive``."""
+    """W -> sign(W) * relu(|W| - sigmoid(s)), owning the layer's s. Keeps the nonzero pattern
+    of the weight it last produced in ``alive``."""
 
     def __init__(self, s_init: float, like: torch.Tensor):
         super().__init__()
@@ -117,23 +138,112 @@ class SoftThreshold(nn.Module):
         self.alive: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out, self.alive = _SoftThreshold.apply(weight, self.s)
+        out, self.alive = _SoftThreshold.apply(1, weight, self.s)
         return out
 
     def threshold(self) -> float:
         return float(torch.sigmoid(self.s.detach()))
 
 
-def reparameterize(layers: dict[str, nn.Module], s_init: float) -> None:
+class _Reparametrized(nn.ModuleList):
+    """W (``original``) followed by its SoftThreshold (``[0]``): the layout, and so the
+    state-dict keys and parameter order, of ``torch.nn.utils.parametrize``'s
+    ``ParametrizationList``, which STR used before (old checkpoints still load)."""
+
+    def __init__(self, original: nn.Parameter, st: SoftThreshold):
+        super().__init__([st])
+        self.register_parameter("original", original)
+
+
+class _Parametrizations(nn.Module):
+    """``<layer>.parametrizations``, holding ``weight``. Deliberately not a ModuleDict, so
+    ``parametrize.is_parametrized`` does not mistake it for torch's own mechanism."""
+
+
+_HAT = "_str_weight_hat"  # per-layer W_hat of the running model forward, in the instance dict
+
+
+def _weight_hat(self: nn.Module) -> torch.Tensor:
+    """The layer's ``weight`` property: W_hat. Inside a forward of the model it is the tensor
+    the model's pre-hook computed for all layers at once; elsewhere it is computed afresh, so
+    it always reflects the current W and s (like an uncached parametrization)."""
+    hat = self.__dict__.get(_HAT)
+    if hat is None:
+        holder = self._modules["parametrizations"]._modules["weight"]
+        st = holder._modules["0"]
+        hat, st.alive = _SoftThreshold.apply(1, holder._parameters["original"],
+                                             st._parameters["s"])
+    return hat
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _str_class(cls: type) -> type:
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"SoftThresholded{cls.__name__}", (cls,),
+                             {"weight": property(_weight_hat), "_str_base": cls})
+    return _CLASSES[cls]
+
+
+def is_reparameterized(module: nn.Module) -> bool:
+    return "_str_base" in type(module).__dict__
+
+
+_LAYERS = "_str_layers"  # the model's reparameterized layers, in its instance dict
+
+
+def _before_forward(model: nn.Module, args: Any) -> None:
+    """Compute every layer's W_hat in one autograd node for the coming forward pass."""
+    layers = model.__dict__.get(_LAYERS)
+    if not layers:
+        return
+    parts = [_parts(m) for m in layers]
+    out = _SoftThreshold.apply(len(parts), *(w for w, _ in parts), *(st.s for _, st in parts))
+    n = len(parts)
+    for module, (_, st), hat, alive in zip(layers, parts, out[:n], out[n:], strict=True):
+        module.__dict__[_HAT] = hat
+        st.alive = alive
+
+
+def _after_forward(model: nn.Module, args: Any, output: Any) -> None:
+    # W_hat belongs to one forward pass (its graph is freed by that pass's backward).
+    for module in model.__dict__.get(_LAYERS, ()):
+        module.__dict__.pop(_HAT, None)
+
+
+def reparameterize(layers: dict[str, nn.Module], s_init: float,
+                   model: nn.Module | None = None) -> None:
+    """Move each layer's weight W to ``<layer>.parametrizations.weight.original`` next to its
+    threshold ``...weight.0.s`` and make ``<layer>.weight`` read W_hat. With ``model``, its
+    forward computes all W_hat once up front (one autograd node) instead of per access."""
     for module in layers.values():
-        if not parametrize.is_parametrized(module, "weight"):
-            parametrize.register_parametrization(module, "weight",
-                                                 SoftThreshold(s_init, module.weight))
+        if is_reparameterized(module):
+            continue
+        original = module._parameters.pop("weight")
+        container = _Parametrizations()
+        container.weight = _Reparametrized(original, SoftThreshold(s_init, original))
+        module.parametrizations = container
+        module.__class__ = _str_class(type(module))
+    if model is not None and _LAYERS not in model.__dict__:
+        model.__dict__[_LAYERS] = list(layers.values())
+        model.register_forward_pre_hook(_before_forward)
+        model.register_forward_hook(_after_forward, always_call=True)
+
+
+def _remove_hooks(model: nn.Module) -> None:
+    # By identity rather than by saved handles: a deep copy of the model shares the handles'
+    # references to the original's hook dicts.
+    model.__dict__.pop(_LAYERS, None)
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, fn in hooks.items() if fn in (_before_forward, _after_forward)]:
+            del hooks[key]
+            model._forward_hooks_always_called.pop(key, None)
 
 
 def _parts(module: nn.Module) -> tuple[torch.Tensor, SoftThreshold]:
-    entry = module.parametrizations["weight"]
-    return entry.original, entry[0]
+    holder = module._modules["parametrizations"]._modules["weight"]
+    return holder._parameters["original"], holder._modules["0"]
 
 
 @torch.no_grad()
@@ -141,23 +251,37 @@ def sync_masks(layers: dict[str, nn.Module], fresh: bool = True) -> None:
     """weight_mask <- (W_hat != 0), in place. With ``fresh`` the pattern is recomputed from
     the current W and s; otherwise it is the one of the weight the last forward pass used
     (what that step computed with), when there is one."""
-    for module in layers.values():
+    masks = [getattr(m, MASK_BUFFER) for m in layers.values()]
+    alive = [_parts(m)[1].alive for m in layers.values()]
+    if not fresh and all(a is not None for a in alive):
+        torch._foreach_copy_(masks, alive)
+        return
+    for module, mask, last in zip(layers.values(), masks, alive, strict=True):
         original, st = _parts(module)
-        mask = getattr(module, MASK_BUFFER)
-        if fresh or st.alive is None:
+        if fresh or last is None:
             # W_hat != 0 iff |W| > sigmoid(s) >= 0 (IEEE subtraction of distinct finite
             # floats is never 0).
             torch.gt(original.abs(), torch.sigmoid(st.s), out=mask)
         else:
-            mask.copy_(st.alive)
+            mask.copy_(last)
 
 
 @torch.no_grad()
-def bake(layers: dict[str, nn.Module]) -> None:
-    """Replace every parametrized weight by its current W_hat as a plain parameter, with the
-    mask buffer equal to its nonzero pattern."""
+def bake(layers: dict[str, nn.Module], model: nn.Module | None = None) -> None:
+    """Replace every reparameterized weight by its current W_hat as a plain parameter (the
+    same Parameter object as W, as ``parametrize.remove_parametrizations`` leaves it), with
+    the mask buffer equal to its nonzero pattern, and drop the model's hooks."""
+    if model is not None:
+        _remove_hooks(model)
     for module in layers.values():
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if not is_reparameterized(module):
+            continue
+        module.__dict__.pop(_HAT, None)
+        original, _ = _parts(module)
+        original.set_(module.weight)
+        module.__class__ = type(module).__dict__["_str_base"]
+        del module.parametrizations
+        module.register_parameter("weight", original)
         getattr(module, MASK_BUFFER).copy_(module.weight != 0)
 
 
@@ -216,7 +340,7 @@ class STR(Method):
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
         self.layers = dict(ctx.masking.layers)
-        reparameterize(self.layers, self.hparams.s_init)
+        reparameterize(self.layers, self.hparams.s_init, ctx.model)
         sync_masks(self.layers)
         if not ctx.resuming:  # a resumed run gets its weight decay from load_state_dict
             self.choose_weight_decay(ctx)
@@ -233,11 +357,11 @@ class STR(Method):
 
     def thresholds(self) -> dict[str, float]:
         return {name: _parts(m)[1].threshold() for name, m in self.layers.items()
-                if parametrize.is_parametrized(m, "weight")}
+                if is_reparameterized(m)}
 
     def finalize(self, model: nn.Module) -> nn.Module:
         thresholds = self.thresholds()
-        bake(self.layers)
+        bake(self.layers, model)
         nonzero = {n: int(getattr(m, MASK_BUFFER).sum()) for n, m in self.layers.items()}
         total = sum(m.weight.numel() for m in self.layers.values())
         self.final = {

@@ -199,6 +199,68 @@ def test_checkpointed_state_restores_into_a_fresh_setup():
         assert torch.equal(model(x), fresh(x))
 
 
+def test_one_node_per_forward_computes_what_each_layer_computes_alone():
+    """The model's pre-hook computes every W_hat in one autograd node; the result (loss, all
+    gradients) is bit-identical to each layer computing its own W_hat, and outside a forward
+    pass ``weight`` reflects the current W and s."""
+    runs = []
+    for batched in (True, False):
+        torch.manual_seed(5)
+        model = MNIST1DCNN()
+        method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+        method.setup(ctx)
+        if not batched:
+            str_method._remove_hooks(model)
+        nodes = set()
+        seen = [m.register_forward_hook(lambda m, i, o, nodes=nodes: nodes.add(m.weight.grad_fn))
+                for m in method.layers.values()]
+        x, y = batch(32, seed=6)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        for handle in seen:
+            handle.remove()
+        assert len(nodes) == (1 if batched else len(method.layers))
+        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()],
+                     {n: st.alive.clone() for n, st in
+                      ((n, m.parametrizations.weight[0]) for n, m in method.layers.items())}))
+        layer = model.conv2
+        assert str_method._HAT not in layer.__dict__  # nothing outlives the forward pass
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(2.0)
+            tau = torch.sigmoid(layer.parametrizations.weight[0].s)
+            w = layer.parametrizations.weight.original
+            assert torch.equal(layer.weight, w - torch.clamp(w, -tau, tau))
+    (loss_a, grads_a, alive_a), (loss_b, grads_b, alive_b) = runs
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+    assert all(torch.equal(alive_a[n], alive_b[n]) for n in alive_a)
+
+
+def test_checkpoint_of_the_torch_parametrize_layout_loads_and_finalize_drops_the_hooks():
+    """Before this mechanism STR used ``torch.nn.utils.parametrize``: its state dicts load
+    unchanged (same keys, same parameter order)."""
+    torch.manual_seed(7)
+    reference = MNIST1DCNN()
+    Masking.attach(reference, "all")
+    for layer in (reference.conv1, reference.conv2, reference.conv3, reference.linear):
+        parametrize.register_parametrization(layer, "weight", SoftThreshold(-3.0, layer.weight))
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+    method.setup(ctx)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert [n for n, _ in model.named_parameters()] == [
+        n for n, _ in reference.named_parameters()]
+    model.load_state_dict(reference.state_dict())
+    x, _ = batch(16, seed=8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    method.finalize(model)
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert str_method._LAYERS not in model.__dict__
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
 # --- calibration ----------------------------------------------------------------------
 
 def fake_curve(scale=1e-3):

@@ -5,7 +5,7 @@ The epoch is the smoke recipe's: 4,000 MNIST-1D-shaped examples in batches of 10
 steps) for the MNIST-1D CNN; 50,000 CIFAR-shaped examples in batches of 128 (391 SGD steps)
 for ResNet-8, timed as one step times the steps per epoch. Pruning is timed from a fresh
 model through ``setup`` (scoring copy, data fetch, scores, global top-k). STR's step includes
-its per-step hook (mask sync) and runs on the parametrized weights; dense runs the same
+its per-step hook (mask sync) and runs on the thresholded weights; dense runs the same
 optimizer. Ratios use minima over rounds (the stable statistic on a shared machine), medians
 alongside; they are printed and stored in ``extra_info``. Nothing asserts on time.
 """
