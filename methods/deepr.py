@@ -43,7 +43,7 @@ l1 * sign(w), is added to the gradients in ``after_backward`` rather than throug
 ``extra_loss`` and autograd: the same numbers (|w|'s backward is sign(w), 0 at 0), a tenth of
 the cost on small models. The training loss the trainer logs never included it.
 
-Per step the work is a few vector ops over all layers at once (``rewiring.FlatLayers``). On CPU
+Per step the work is a few vector ops over all layers at once (``masking.FlatLayers``). On CPU
 the dead connections are listed and their replacements drawn by rejection sampling, O(deaths);
 on an accelerator the replacements come from one segmented sort and no count is read back.
 
@@ -66,12 +66,12 @@ from torch import nn
 from bench.config import RunConfig
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
+from methods.masking import FlatLayers
 from methods.rewiring import (
     DSR_PHASE_FRACTIONS,
     DSR_STOP_FRACTION,
     DSR_TEMPERATURES,
     DeviceRNG,
-    FlatLayers,
     piecewise_index,
     sample_in_segments,
     scaled,

@@ -56,7 +56,6 @@ from methods.rewiring import (
     DSR_REF_SPARSE_WEIGHTS,
     DSR_STOP_FRACTION,
     DeviceRNG,
-    FlatLayers,
     RewireSchedule,
     random_subset,
 )
@@ -118,15 +117,11 @@ class DSR(MaskedMethod):
                                               hp.stop_fraction, total_steps)
         self.n_prune_target = max(1, int(round(hp.n_prune_fraction * ctx.masking.total())))
         self.rng = DeviceRNG(self.generator, ctx.device)
-        self.layers = FlatLayers(ctx.masking, list(ctx.masking.layers))
-
-    # MaskedMethod's two hooks as one foreach op each over cached float masks.
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        self.layers.mask_gradients()
+        self.layers = ctx.masking.flat()
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        self.layers.apply()
+        super().after_step(model, optimizer, step)
         if self.schedule.is_rewire_step(step):
             self.reallocate()
 

@@ -60,7 +60,6 @@ from methods.rewiring import (
     DSR_REF_SPARSE_WEIGHTS,
     DSR_STOP_FRACTION,
     DeviceRNG,
-    FlatLayers,
     RewireSchedule,
     largest,
     random_subset,
@@ -130,16 +129,12 @@ class SET(MaskedMethod):
                                               hp.dsr_stop_fraction, total_steps)
         self.dsr_zeta = hp.dsr_prune_fraction / self.density
         self.rng = DeviceRNG(self.generator, ctx.device)
-        self.layers = FlatLayers(ctx.masking, list(ctx.masking.layers))
+        self.layers = ctx.masking.flat()
 
     # --- hooks ------------------------------------------------------------------------------
-    # MaskedMethod's two hooks as one foreach op each over cached float masks.
-    def after_backward(self, model: nn.Module, step: int) -> None:
-        self.layers.mask_gradients()
-
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-        self.layers.apply()
+        super().after_step(model, optimizer, step)
         if self.hparams.variant == "dsr" and self.schedule.is_rewire_step(step):
             self.rewire_dsr()
 

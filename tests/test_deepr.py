@@ -286,7 +286,7 @@ def test_resume_is_bit_identical():
 
 # --- the shared vector helpers ----------------------------------------------------------------
 def test_flat_layers_see_masks_changed_behind_their_back():
-    from methods.rewiring import FlatLayers
+    from methods.masking import FlatLayers
 
     model, masking, method, _ = build(config())
     flat = FlatLayers(masking, list(masking.layers))
@@ -307,7 +307,8 @@ def test_flat_layers_see_masks_changed_behind_their_back():
 
 
 def test_sampling_in_segments_is_exact_and_uniform():
-    from methods.rewiring import FlatLayers, sample_in_segments, segmented_random_choice
+    from methods.masking import FlatLayers
+    from methods.rewiring import sample_in_segments, segmented_random_choice
 
     model, masking, method, _ = build(config())
     flat = FlatLayers(masking, list(masking.layers))
