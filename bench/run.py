@@ -128,6 +128,9 @@ def run_one(
         "config": to_dict(config),
         "method_label": label or method_cls.label(config),
         "device": str(resolve_device(config.train.device)),
+        # CPU results are bit-reproducible only at the same intra-op thread count (float
+        # reductions split differently), which the executor chooses, not the config.
+        "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
     trainer = Trainer(config, folder, root=Path(root), data_root=data_root,
