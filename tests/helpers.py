@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from bench.config import DataConfig, MethodConfig, RunConfig, SparsityConfig, TrainConfig
+from bench.run import MODEL_FILE, run_folder
 
 
 def tiny_config(method: str = "static", target: float = 0.8, epochs: int = 3, seed: int = 0,
@@ -17,3 +21,13 @@ def tiny_config(method: str = "static", target: float = 0.8, epochs: int = 3, se
         sparsity=SparsityConfig(target=target if method != "dense" else 0.0),
         seed=seed,
     )
+
+
+def final_weights(root: Path, config) -> dict[str, torch.Tensor]:
+    return torch.load(run_folder(root, config) / MODEL_FILE, weights_only=True)
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -8,31 +8,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench import store
 from bench.config import MethodConfig, run_id
 from bench.errors import UserError
-from bench.run import MODEL_FILE, run_folder, run_one
+from bench.run import run_folder, run_one
 from bench.train import Interrupted
 from methods.eigendamage.method import EigenDamageHparams, dense_config
-from tests.helpers import tiny_config
+from tests.helpers import assert_identical, final_weights, tiny_config
 
 
 def ed_config(target: float = 0.5, **hparams):
     hp = replace(EigenDamageHparams(finetune_epochs=3), **hparams)
     config = tiny_config("eigendamage", target, epochs=2)
     return replace(config, method=MethodConfig("eigendamage", hp))
-
-
-def final_weights(root: Path, config) -> dict[str, torch.Tensor]:
-    return torch.load(run_folder(root, config) / MODEL_FILE, weights_only=True)
-
-
-def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def dense_folders(root: Path) -> list[Path]:

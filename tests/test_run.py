@@ -15,19 +15,9 @@ import pytest
 import torch
 
 from bench import store
-from bench.run import MODEL_FILE, run_folder, run_one
+from bench.run import run_folder, run_one
 from bench.train import Interrupted
-from tests.helpers import tiny_config
-
-
-def final_weights(root: Path, config) -> dict[str, torch.Tensor]:
-    return torch.load(run_folder(root, config) / MODEL_FILE, weights_only=True)
-
-
-def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+from tests.helpers import assert_identical, final_weights, tiny_config
 
 
 @pytest.fixture(scope="module")
