@@ -1,13 +1,15 @@
 """A small CIFAR-shaped ResNet (He et al. 2016, §4.2: 3 stages of n basic blocks, widths
-16-32-64 times a multiplier, 1x1-conv + BN projection shortcuts where the shape changes) and
-torchvision's ResNet-50 (v1.5, stride on the 3x3 conv) for ImageNet."""
+16-32-64, 1x1-conv + BN projection shortcuts where the shape changes) and torchvision's
+ResNet-50 (v1.5, stride on the 3x3 conv) for ImageNet, both built at explicit per-stage widths."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from bench.models.mnist1d import _scaled
+RESNET50_PLANES = (64, 128, 256, 512)
 
 
 class BasicBlock(nn.Module):
@@ -30,13 +32,17 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+    """``channels`` = one width per stage. Inside a stage the identity shortcuts add every
+    block's output to its input, so a stage has one width; the stem feeds stage 1's first block
+    through an identity shortcut, so it has stage 1's width."""
+
     def __init__(self, depth: int = 8, num_classes: int = 10, input_shape=(3, 32, 32),
-                 width: float = 1.0):
+                 channels: Sequence[int] = (16, 32, 64)):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError("CIFAR ResNet depth must be 6n + 2")
         n = (depth - 2) // 6
-        widths = [_scaled(w, width) for w in (16, 32, 64)]
+        widths = list(channels)
         self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         blocks: list[nn.Module] = []
@@ -55,25 +61,28 @@ class CifarResNet(nn.Module):
         return self.fc(h)
 
 
-def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224), width: float = 1.0) -> nn.Module:
-    """torchvision's ResNet-50 v1.5; ``width`` scales every stage (as DSR's thin dense does)."""
+def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
+             channels: Sequence[int] = RESNET50_PLANES) -> nn.Module:
+    """torchvision's ResNet-50 v1.5. ``channels`` = the four stages' planes (bottleneck inner
+    width; the block output is 4x that); the stem has stage 1's planes, as DSR's thin dense
+    scales it (``inplanes = round(64 k)``)."""
     from torchvision.models.resnet import Bottleneck, ResNet
 
-    if width == 1.0:
+    if tuple(channels) == RESNET50_PLANES:
         return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
     # torchvision's width_per_group scales only the bottleneck's inner width; thin dense needs
-    # every stage scaled, so build the stages at scaled planes.
-    return _scaled_resnet50(num_classes, width)
+    # every stage scaled, so build the stages at the given planes.
+    return _scaled_resnet50(num_classes, tuple(channels))
 
 
-def _scaled_resnet50(num_classes: int, width: float) -> nn.Module:
+def _scaled_resnet50(num_classes: int, planes: tuple[int, ...]) -> nn.Module:
     from torchvision.models.resnet import Bottleneck, ResNet
 
     class ScaledResNet(ResNet):
         def __init__(self):
             nn.Module.__init__(self)
             self._norm_layer = nn.BatchNorm2d
-            self.inplanes = _scaled(64, width)
+            self.inplanes = planes[0]
             self.dilation = 1
             self.groups = 1
             self.base_width = 64
@@ -81,7 +90,6 @@ def _scaled_resnet50(num_classes: int, width: float) -> nn.Module:
             self.bn1 = nn.BatchNorm2d(self.inplanes)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-            planes = [_scaled(p, width) for p in (64, 128, 256, 512)]
             self.layer1 = self._make_layer(Bottleneck, planes[0], 3)
             self.layer2 = self._make_layer(Bottleneck, planes[1], 4, stride=2)
             self.layer3 = self._make_layer(Bottleneck, planes[2], 6, stride=2)
