@@ -24,7 +24,7 @@ from bench.config import RunConfig, TrainConfig
 from bench.data import load_dataset
 from bench.data.base import DataBundle, epoch_generator, iterate_batches, num_batches
 from bench.flops import StepCost
-from bench.models import build_model
+from bench.models import ModelMaker
 from methods import get_method
 from methods.base import Method, SetupContext
 from methods.masking import Masking
@@ -173,9 +173,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
 
-        def make_model(width: float) -> nn.Module:
-            return build_model(cfg.model.name, data.num_classes, data.input_shape, width)
-
+        make_model = ModelMaker(cfg.model.name, data.num_classes, tuple(data.input_shape))
         model = method.build_model(make_model, cfg.sparsity.target).to(device)
         masking = Masking.attach(model, cfg.sparsity.layer_policy)
         ctx = self._context(model, masking, data, device, resuming)

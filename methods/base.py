@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from bench.config import RunConfig, TrainConfig
+from bench.models import ModelMaker
 from methods.masking import Masking
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -119,8 +120,9 @@ class Method:
         return f"{cls.name}-{d}"
 
     # --- hooks --------------------------------------------------------------------------
-    def build_model(self, make_model: Callable[[float], nn.Module], target: float) -> nn.Module:
-        """``make_model(width)`` builds the configured architecture at a width multiplier."""
+    def build_model(self, make_model: ModelMaker, target: float) -> nn.Module:
+        """``make_model(width)`` builds the configured architecture at a width multiplier;
+        ``make_model.with_channels(channels)`` at explicit per-group channel counts."""
         return make_model(self.config.model.width)
 
     def setup(self, ctx: SetupContext) -> None:
