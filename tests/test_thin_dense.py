@@ -15,8 +15,11 @@ import torch
 from bench.config import MethodConfig, ModelConfig, RunConfig, SparsityConfig
 from bench.errors import UserError
 from bench.models import MODELS, ModelMaker, build_model
+from bench.run import run_one
+from bench.train import Interrupted
 from methods.masking import kept_count, prunable_layers
 from methods.thin_dense import ParamPolynomial, ThinDense, solve, solve_groups, sparse_nonzeros
+from tests.helpers import assert_identical, final_weights, tiny_config
 
 SHAPES = {
     "mnist1d_cnn": (10, (40,)),
@@ -362,3 +365,21 @@ def test_zero_target_keeps_the_run_width():
     solution = solve(make, 1.0, sparse_nonzeros(make(1.0), "all", 0.0))
     assert (solution.width, solution.channels, solution.params) == (1.0, (25, 25, 25), 5210)
     assert solve(make, 0.5, 10**9).width == 0.5
+
+
+def test_a_per_group_run_trains_records_its_channels_and_resumes_exactly(tmp_path, data_root):
+    config = tiny_config("thin_dense", 0.95, epochs=2)
+    result = run_one(config, tmp_path / "straight", data_root)
+    summary = result["method_summary"]
+    assert summary["channels"] == {"conv1": 3, "conv2": 5, "conv3": 4}
+    assert summary["width"] is None and summary["target_params"] == 343
+    counts = result["counts"]
+    assert counts["params_total"] == counts["params_nonzero"] == summary["params"] == 342
+    assert counts["params_dense"] == 5210 and counts["sparsity"] == (5210 - 342) / 5125
+    # Interrupted after one epoch and resumed: the rebuilt model is the same shape and the run
+    # ends with the same weights.
+    with pytest.raises(Interrupted):
+        run_one(config, tmp_path / "resumed", data_root, stop_after_epoch=1)
+    run_one(config, tmp_path / "resumed", data_root)
+    assert_identical(final_weights(tmp_path / "straight", config),
+                     final_weights(tmp_path / "resumed", config))
