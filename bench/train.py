@@ -79,8 +79,8 @@ def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimize
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
                                nesterov=train.nesterov and train.momentum > 0,
-                               weight_decay=train.weight_decay)
-    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+                               weight_decay=train.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, foreach=True)
 
 
 @torch.no_grad()
