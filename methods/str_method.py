@@ -78,48 +78,53 @@ class STRHparams:
 
 
 class _SoftThreshold(torch.autograd.Function):
-    """(n, W_1..W_n, s_1..s_n) -> (W_hat_1..W_hat_n, alive_1..alive_n) with
-    W_hat = sign(W) * relu(|W| - t), t = sigmoid(s), for all layers as one autograd node.
+    """(n, W_1..W_n, s_1..s_n) -> (W_hat_1..W_hat_n) with W_hat = sign(W) * relu(|W| - t),
+    t = sigmoid(s), for all layers as one autograd node.
 
     Forward: W - clamp(W, -t, t), the same values up to the sign of zeros. Backward: the
     sub-gradients autograd takes through the reference's sigmoid/sign/abs/relu composition
-    (relu'(0) = 0): dW = g * 1[|W| > t] and ds = -sum(g * sign(W) * 1[|W| > t]) * t * (1 - t).
-    One node for the whole model instead of six per layer: on small models the autograd and
-    Python cost per node rivals the convolutions. The ``_foreach`` calls run, per tensor, the
-    same kernels as the single-tensor ops, so the values do not depend on the batching. Also
-    returns the alive patterns 1[|W| > t], exactly where the outputs are nonzero."""
+    (relu'(0) = 0): dW = g * 1[|W| > t] and ds = -sum(g * sign(W) * 1[|W| > t]) * t * (1 - t),
+    where sign(W) * 1[|W| > t] = sign(W_hat), the one tensor saved per layer.
+    One node for the whole model, each step a ``_foreach`` call over all layers: on small
+    models the cost of launching an op rivals the convolutions (six autograd nodes per layer
+    made STR's step 1.3x the dense one on the MNIST-1D CNN). The ``_foreach`` calls run, per
+    tensor, the same kernels as the single-tensor ops, so the values do not depend on the
+    batching (tested). No ``.item()``: thresholds stay tensors, so nothing syncs a GPU."""
 
     @staticmethod
     def forward(ctx, n: int, *tensors: torch.Tensor):
         weights, ss = tensors[:n], tensors[n:]
         ts = torch._foreach_sigmoid(ss)
-        alive = [torch.gt(a, t) for a, t in zip(torch._foreach_abs(weights), ts, strict=True)]
-        clamped = [torch.clamp(w, lo, t)
-                   for w, lo, t in zip(weights, torch._foreach_neg(ts), ts, strict=True)]
+        clamped = torch._foreach_minimum(torch._foreach_maximum(weights, torch._foreach_neg(ts)),
+                                         ts)
+        hats = torch._foreach_sub(weights, clamped)
         ctx.n = n
-        ctx.save_for_backward(*weights, *alive, *ts)
-        ctx.mark_non_differentiable(*alive)
+        ctx.save_for_backward(*torch._foreach_sign(hats), *ts)
         ctx.set_materialize_grads(False)
-        return (*torch._foreach_sub(weights, clamped), *alive)
+        return tuple(hats)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):
         n = ctx.n
         saved = ctx.saved_tensors
-        weights, alive, ts = saved[:n], saved[n:2 * n], saved[2 * n:]
-        grad_w = [None if g is None else torch.where(a, g, 0.0)
-                  for a, g in zip(alive, grads[:n], strict=True)]
-        grad_s: list[torch.Tensor | None] = [None] * n
-        used = [i for i in range(n) if grad_w[i] is not None and ctx.needs_input_grad[1 + n + i]]
-        if used:
-            t = [ts[i] for i in used]
-            sums = [x.sum() for x in torch._foreach_mul([grad_w[i] for i in used],
-                                                        torch._foreach_sign([weights[i]
-                                                                             for i in used]))]
-            factors = torch._foreach_mul(t, torch._foreach_sub(t, 1.0))
-            for i, value in zip(used, torch._foreach_mul(sums, factors), strict=True):
-                grad_s[i] = value
-        return (None, *grad_w, *grad_s)
+        if all(g is not None for g in grads):
+            grad_w, grad_s = _SoftThreshold.gradients(grads, saved[:n], saved[n:])
+            return (None, *grad_w, *grad_s)
+        used = [i for i, g in enumerate(grads) if g is not None]  # layers the loss reached
+        grad_w, grad_s = _SoftThreshold.gradients([grads[i] for i in used],
+                                                  [saved[i] for i in used],
+                                                  [saved[n + i] for i in used])
+        out: list[torch.Tensor | None] = [None] * (1 + 2 * n)
+        for k, i in enumerate(used):
+            out[1 + i], out[1 + n + i] = grad_w[k], grad_s[k]
+        return tuple(out)
+
+    @staticmethod
+    def gradients(grads, signs, ts) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        grad_w = torch._foreach_mul(grads, torch._foreach_abs(signs))
+        sums = [x.sum() for x in torch._foreach_mul(grads, signs)]
+        grad_s = torch._foreach_mul(sums, torch._foreach_mul(ts, torch._foreach_sub(ts, 1.0)))
+        return grad_w, grad_s
 
 
 def soft_threshold(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -128,17 +133,18 @@ def soft_threshold(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 class SoftThreshold(nn.Module):
-    """W -> sign(W) * relu(|W| - sigmoid(s)), owning the layer's s. Keeps the nonzero pattern
-    of the weight it last produced in ``alive``."""
+    """W -> sign(W) * relu(|W| - sigmoid(s)), owning the layer's s. Keeps the W_hat it last
+    produced (detached) in ``last``: its nonzeros are the layer's live weights."""
 
     def __init__(self, s_init: float, like: torch.Tensor):
         super().__init__()
         self.s = nn.Parameter(torch.full((1,), float(s_init), dtype=like.dtype,
                                          device=like.device))
-        self.alive: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out, self.alive = _SoftThreshold.apply(1, weight, self.s)
+        out = soft_threshold(weight, self.s)
+        self.last = out.detach()
         return out
 
     def threshold(self) -> float:
@@ -170,9 +176,7 @@ def _weight_hat(self: nn.Module) -> torch.Tensor:
     hat = self.__dict__.get(_HAT)
     if hat is None:
         holder = self._modules["parametrizations"]._modules["weight"]
-        st = holder._modules["0"]
-        hat, st.alive = _SoftThreshold.apply(1, holder._parameters["original"],
-                                             st._parameters["s"])
+        hat = holder._modules["0"](holder._parameters["original"])
     return hat
 
 
@@ -190,26 +194,34 @@ def is_reparameterized(module: nn.Module) -> bool:
     return "_str_base" in type(module).__dict__
 
 
-_LAYERS = "_str_layers"  # the model's reparameterized layers, in its instance dict
+_LAYERS = "_str_layers"  # the model's _ForwardBatch, in its instance dict
 
 
-def _before_forward(model: nn.Module, args: Any) -> None:
-    """Compute every layer's W_hat in one autograd node for the coming forward pass."""
-    layers = model.__dict__.get(_LAYERS)
-    if not layers:
-        return
-    parts = [_parts(m) for m in layers]
-    out = _SoftThreshold.apply(len(parts), *(w for w, _ in parts), *(st.s for _, st in parts))
-    n = len(parts)
-    for module, (_, st), hat, alive in zip(layers, parts, out[:n], out[n:], strict=True):
-        module.__dict__[_HAT] = hat
-        st.alive = alive
+class _ForwardBatch:
+    """The model's reparameterized layers, whose W_hat one autograd node computes at the start
+    of each forward pass (the model's pre-hook) and which the layers read during it. The
+    parameter lists are looked up once: per-step attribute lookups through ``nn.Module`` are a
+    measurable share of a small model's step."""
 
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+        parts = [_parts(m) for m in modules]
+        self.weights = [w for w, _ in parts]
+        self.thresholds = [st for _, st in parts]
+        self.ss = [st.s for st in self.thresholds]
 
-def _after_forward(model: nn.Module, args: Any, output: Any) -> None:
-    # W_hat belongs to one forward pass (its graph is freed by that pass's backward).
-    for module in model.__dict__.get(_LAYERS, ()):
-        module.__dict__.pop(_HAT, None)
+    def before_forward(self, model: nn.Module, args: Any) -> None:
+        hats = _SoftThreshold.apply(len(self.weights), *self.weights, *self.ss)
+        for module, st, hat in zip(self.modules, self.thresholds, hats, strict=True):
+            module.__dict__[_HAT] = hat
+            # Straight into the instance dict: a plain attribute, without nn.Module's
+            # __setattr__ bookkeeping on every forward.
+            st.__dict__["last"] = hat.detach()
+
+    def after_forward(self, model: nn.Module, args: Any, output: Any) -> None:
+        # W_hat belongs to one forward pass (its graph is freed by that pass's backward).
+        for module in self.modules:
+            module.__dict__.pop(_HAT, None)
 
 
 def reparameterize(layers: dict[str, nn.Module], s_init: float,
@@ -226,17 +238,21 @@ def reparameterize(layers: dict[str, nn.Module], s_init: float,
         module.parametrizations = container
         module.__class__ = _str_class(type(module))
     if model is not None and _LAYERS not in model.__dict__:
-        model.__dict__[_LAYERS] = list(layers.values())
-        model.register_forward_pre_hook(_before_forward)
-        model.register_forward_hook(_after_forward, always_call=True)
+        batch = _ForwardBatch(list(layers.values()))
+        model.__dict__[_LAYERS] = batch
+        model.register_forward_pre_hook(batch.before_forward)
+        model.register_forward_hook(batch.after_forward, always_call=True)
 
 
 def _remove_hooks(model: nn.Module) -> None:
     # By identity rather than by saved handles: a deep copy of the model shares the handles'
     # references to the original's hook dicts.
-    model.__dict__.pop(_LAYERS, None)
+    batch = model.__dict__.pop(_LAYERS, None)
+    if batch is None:
+        return
+    ours = (batch.before_forward, batch.after_forward)
     for hooks in (model._forward_pre_hooks, model._forward_hooks):
-        for key in [k for k, fn in hooks.items() if fn in (_before_forward, _after_forward)]:
+        for key in [k for k, fn in hooks.items() if fn in ours]:
             del hooks[key]
             model._forward_hooks_always_called.pop(key, None)
 
@@ -247,23 +263,13 @@ def _parts(module: nn.Module) -> tuple[torch.Tensor, SoftThreshold]:
 
 
 @torch.no_grad()
-def sync_masks(layers: dict[str, nn.Module], fresh: bool = True) -> None:
-    """weight_mask <- (W_hat != 0), in place. With ``fresh`` the pattern is recomputed from
-    the current W and s; otherwise it is the one of the weight the last forward pass used
-    (what that step computed with), when there is one."""
-    masks = [getattr(m, MASK_BUFFER) for m in layers.values()]
-    alive = [_parts(m)[1].alive for m in layers.values()]
-    if not fresh and all(a is not None for a in alive):
-        torch._foreach_copy_(masks, alive)
-        return
-    for module, mask, last in zip(layers.values(), masks, alive, strict=True):
+def sync_masks(layers: dict[str, nn.Module]) -> None:
+    """weight_mask <- (W_hat != 0), in place, from the current W and s."""
+    for module in layers.values():
         original, st = _parts(module)
-        if fresh or last is None:
-            # W_hat != 0 iff |W| > sigmoid(s) >= 0 (IEEE subtraction of distinct finite
-            # floats is never 0).
-            torch.gt(original.abs(), torch.sigmoid(st.s), out=mask)
-        else:
-            mask.copy_(last)
+        # W_hat != 0 iff |W| > sigmoid(s) >= 0 (IEEE subtraction of distinct finite floats is
+        # never 0).
+        torch.gt(original.abs(), torch.sigmoid(st.s), out=getattr(module, MASK_BUFFER))
 
 
 @torch.no_grad()
@@ -297,6 +303,8 @@ class STR(Method):
         self.weight_decay_source = ""
         self.calibration: Calibration | None = None
         self.layers: dict[str, nn.Module] = {}
+        self.masks: list[torch.Tensor] = []
+        self.soft_thresholds: list[SoftThreshold] = []
         self.final: dict[str, Any] = {}
 
     # --- weight decay -------------------------------------------------------------------
@@ -342,6 +350,9 @@ class STR(Method):
         self.layers = dict(ctx.masking.layers)
         reparameterize(self.layers, self.hparams.s_init, ctx.model)
         sync_masks(self.layers)
+        # Looked up once: after_step runs every step, and on small models its Python cost shows.
+        self.masks = [getattr(m, MASK_BUFFER) for m in self.layers.values()]
+        self.soft_thresholds = [_parts(m)[1] for m in self.layers.values()]
         if not ctx.resuming:  # a resumed run gets its weight decay from load_state_dict
             self.choose_weight_decay(ctx)
 
@@ -353,7 +364,12 @@ class STR(Method):
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
         # The masks describe the weights this step computed with: the density the trainer
         # integrates into training FLOPs for it (RigL's accounting).
-        sync_masks(self.layers, fresh=False)
+        lasts = [st.last for st in self.soft_thresholds]
+        if any(last is None for last in lasts):  # no forward pass yet: the current pattern
+            sync_masks(self.layers)
+            return
+        with torch.no_grad():
+            torch._foreach_copy_(self.masks, lasts)  # a float copied to bool is x != 0
 
     def thresholds(self) -> dict[str, float]:
         return {name: _parts(m)[1].threshold() for name, m in self.layers.items()

@@ -3,6 +3,7 @@ resume, and the weight-decay calibration (with a fake trainer and once end to en
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -221,7 +222,7 @@ def test_one_node_per_forward_computes_what_each_layer_computes_alone():
             handle.remove()
         assert len(nodes) == (1 if batched else len(method.layers))
         runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()],
-                     {n: st.alive.clone() for n, st in
+                     {n: st.last.clone() for n, st in
                       ((n, m.parametrizations.weight[0]) for n, m in method.layers.items())}))
         layer = model.conv2
         assert str_method._HAT not in layer.__dict__  # nothing outlives the forward pass
@@ -234,6 +235,67 @@ def test_one_node_per_forward_computes_what_each_layer_computes_alone():
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
     assert all(torch.equal(alive_a[n], alive_b[n]) for n in alive_a)
+
+
+def test_a_layer_the_loss_does_not_reach_gets_no_gradient():
+    """As with the reference composition: W and s of an unused layer keep ``grad is None``, so
+    the optimizer leaves them alone (no weight decay either)."""
+    torch.manual_seed(9)
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+    method.setup(ctx)
+    x, y = batch(16, seed=9)
+    # The loss reads conv1's activations only: conv2, conv3 and the linear layer are unused.
+    loss = F.relu(model.conv1(x.unsqueeze(1))).sum()
+    loss.backward()
+    for name, layer in method.layers.items():
+        w, s = layer.parametrizations.weight.original, layer.parametrizations.weight[0].s
+        if name == "conv1":
+            assert w.grad is not None and s.grad is not None
+        else:
+            assert w.grad is None and s.grad is None
+    # The batched node, reached through a whole forward pass but with only conv1's output
+    # used further, agrees with the per-layer computation for conv1.
+    model.zero_grad(set_to_none=True)
+    outputs = {}
+    handle = model.conv1.register_forward_hook(lambda m, i, o: outputs.setdefault("conv1", o))
+    model(x)
+    handle.remove()
+    outputs["conv1"].relu().sum().backward()
+    batched = [p.grad for p in (model.conv1.parametrizations.weight.original,
+                                model.conv1.parametrizations.weight[0].s)]
+    assert model.conv2.parametrizations.weight.original.grad is None
+    model.zero_grad(set_to_none=True)
+    loss = F.relu(model.conv1(x.unsqueeze(1))).sum()
+    loss.backward()
+    alone = [p.grad for p in (model.conv1.parametrizations.weight.original,
+                              model.conv1.parametrizations.weight[0].s)]
+    assert all(torch.equal(a, b) for a, b in zip(batched, alone, strict=True))
+
+
+def test_a_deep_copy_runs_its_own_node_and_bakes_on_its_own():
+    torch.manual_seed(10)
+    model = MNIST1DCNN()
+    method, ctx = make_ctx(model, STRHparams(s_init=-3.0, weight_decay=1e-3))
+    method.setup(ctx)
+    twin = copy.deepcopy(model)
+    x, _ = batch(8, seed=10)
+    with torch.no_grad():
+        twin.conv2.parametrizations.weight.original.mul_(3.0)
+        out_model, out_twin = model(x), twin(x)
+        assert not torch.equal(out_model, out_twin)  # the copy computes with its own W
+        # Its pre-hook fed its own layers: conv2's W_hat saw the tripled weights.
+        w = twin.conv2.parametrizations.weight.original
+        tau = torch.sigmoid(twin.conv2.parametrizations.weight[0].s)
+        assert torch.equal(twin.conv2.parametrizations.weight[0].last,
+                           w - torch.clamp(w, -tau, tau))
+    layers = {n: getattr(twin, n) for n in method.layers}
+    str_method.bake(layers, twin)
+    assert not twin._forward_pre_hooks and not twin._forward_hooks
+    assert model._forward_pre_hooks and model._forward_hooks  # the original keeps its own
+    with torch.no_grad():
+        assert torch.equal(twin(x), out_twin)
+        assert torch.equal(model(x), out_model)
 
 
 def test_checkpoint_of_the_torch_parametrize_layout_loads_and_finalize_drops_the_hooks():
