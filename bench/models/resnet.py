@@ -63,30 +63,27 @@ class CifarResNet(nn.Module):
 
 def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
              channels: Sequence[int] = RESNET50_PLANES) -> nn.Module:
-    """torchvision's ResNet-50 v1.5. ``channels`` = the four stages' planes (bottleneck inner
-    width; the block output is 4x that); the stem has stage 1's planes, as DSR's thin dense
-    scales it (``inplanes = round(64 k)``)."""
+    """torchvision's ResNet-50 v1.5 at explicit per-stage widths. ``channels`` = the four
+    stages' planes (bottleneck inner width; the block output is 4x that); the stem has stage
+    1's planes, as DSR's thin dense scales it (``inplanes = round(64 k)``). torchvision's own
+    ``width_per_group`` scales only the bottleneck's inner width, so the stages are built here;
+    at the default planes and 3 input channels the model, its initialisation included, is
+    torchvision's ``resnet50()`` (tested), and every width gets the same init scheme."""
+    # Imported here: torchvision is slow to import and only ResNet-50 needs it.
     from torchvision.models.resnet import Bottleneck, ResNet
 
-    if tuple(channels) == RESNET50_PLANES:
-        return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
-    # torchvision's width_per_group scales only the bottleneck's inner width; thin dense needs
-    # every stage scaled, so build the stages at the given planes.
-    return _scaled_resnet50(num_classes, tuple(channels))
+    planes = tuple(channels)
 
-
-def _scaled_resnet50(num_classes: int, planes: tuple[int, ...]) -> nn.Module:
-    from torchvision.models.resnet import Bottleneck, ResNet
-
-    class ScaledResNet(ResNet):
+    class ResNet50(ResNet):
         def __init__(self):
             nn.Module.__init__(self)
+            # What torchvision's ResNet.__init__ sets up, in its order (the order of RNG draws).
             self._norm_layer = nn.BatchNorm2d
             self.inplanes = planes[0]
             self.dilation = 1
             self.groups = 1
             self.base_width = 64
-            self.conv1 = nn.Conv2d(3, self.inplanes, 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(input_shape[0], self.inplanes, 7, 2, 3, bias=False)
             self.bn1 = nn.BatchNorm2d(self.inplanes)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -96,5 +93,13 @@ def _scaled_resnet50(num_classes: int, planes: tuple[int, ...]) -> nn.Module:
             self.layer4 = self._make_layer(Bottleneck, planes[3], 3, stride=2)
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.fc = nn.Linear(planes[3] * Bottleneck.expansion, num_classes)
+            # torchvision's initialisation (He et al. fan-out for convolutions, BN 1/0), so
+            # thin and full-width models start from the same scheme.
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.constant_(m.weight, 1)
+                    nn.init.constant_(m.bias, 0)
 
-    return ScaledResNet()
+    return ResNet50()
