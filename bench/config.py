@@ -63,6 +63,10 @@ class TrainConfig:
     precision: str = "fp32"
     device: str = "auto"
     eval_batch_size: int = 1000
+    # Intra-op threads when training on a CPU. Float reductions split by thread, so CPU results
+    # are bit-identical only at the same count: it is part of the run, not of the executor.
+    # Ignored on GPUs.
+    cpu_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,24 @@ class RunConfig:
         """Raise UserError with one clear line for any value outside its valid range."""
         target = self.sparsity.target
         if not 0.0 <= target < 1.0:
-            raise UserError(f"sparsity {target!r} is outside [0, 1): use e.g. 0.9 for 90% zeros")
+            raise UserError(f"sparsity {target!r} is outside [0, 1): use e.g. 0.9 for 90% zeros",
+                            key="sparsities")
         _check_choice("layer_policy", self.sparsity.layer_policy, LAYER_POLICIES)
         _check_choice("distribution", self.sparsity.distribution, DISTRIBUTIONS)
         _check_choice("optimizer", self.train.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.train.lr_schedule, LR_SCHEDULES)
         _check_choice("precision", self.train.precision, PRECISIONS)
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise UserError("epochs and batch_size must be positive integers")
+        for key in ("epochs", "batch_size", "cpu_threads"):
+            value = getattr(self.train, key)
+            if value < 1:
+                raise UserError(f"{key} {value} must be a positive integer", key=key)
         if self.model.width <= 0:
-            raise UserError(f"model width {self.model.width} must be positive")
+            raise UserError(f"model width {self.model.width} must be positive", key="width")
 
 
 def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}", key=key)
 
 
 def _is_default(f: dataclasses.Field, value: Any) -> bool:

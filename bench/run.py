@@ -12,7 +12,8 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 
 import bench
 from bench import store
-from bench.config import RunConfig, run_id, run_label, to_dict
+from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
 from bench.flops import ModelCounts, count
 from bench.models import build_model
 from bench.store import RESULT_SCHEMA_VERSION
@@ -128,9 +129,6 @@ def run_one(
         "config": to_dict(config),
         "method_label": label or method_cls.label(config),
         "device": str(resolve_device(config.train.device)),
-        # CPU results are bit-reproducible only at the same intra-op thread count (float
-        # reductions split differently), which the executor chooses, not the config.
-        "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
     trainer = Trainer(config, folder, root=Path(root), data_root=data_root,
@@ -138,7 +136,9 @@ def run_one(
                       progress=progress, on_epoch=lambda h: _write_metrics(folder, h))
     started = time.perf_counter()
     try:
-        outcome = trainer.run()
+        with intra_op_threads(config.train):
+            base["torch_threads"] = torch.get_num_threads()
+            outcome = trainer.run()
     except Interrupted as stop:
         log(f"interrupted: {stop}")
         raise
@@ -174,6 +174,21 @@ def run_one(
     (folder / store.CHECKPOINT).unlink(missing_ok=True)
     # Return what is on disk, so a fresh result and a skipped one compare equal.
     return store.read_result(folder)
+
+
+@contextmanager
+def intra_op_threads(train: TrainConfig) -> Iterator[None]:
+    """CPU training at the config's thread count, restored afterwards (the debug executor
+    trains in the caller's process). GPU runs keep the process's setting."""
+    if resolve_device(train.device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(train.cpu_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bench import store
+from bench.config import run_id
 from bench.run import run_folder, run_one
 from bench.train import Interrupted
 from tests.helpers import assert_identical, final_weights, tiny_config
@@ -162,3 +163,25 @@ def test_same_config_twice_gives_identical_weights(tmp_path, data_root):
     a = final_weights(tmp_path / "a", config)
     c = final_weights(tmp_path / "c", other_seed)
     assert not torch.equal(a["conv1.weight_mask"], c["conv1.weight_mask"])
+
+
+def test_cpu_results_do_not_depend_on_the_callers_thread_count(tmp_path, data_root):
+    """The config, not the executor, sets the intra-op threads of a CPU run (the debug
+    executor trains with whatever the process has, the local one with cores / jobs)."""
+    config = tiny_config("gmp", 0.9, epochs=2)
+    before = torch.get_num_threads()
+    results = {}
+    try:
+        for ambient in (2, 1):
+            torch.set_num_threads(ambient)
+            results[ambient] = run_one(config, tmp_path / str(ambient), data_root)
+            assert torch.get_num_threads() == ambient  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+    assert results[1]["torch_threads"] == results[2]["torch_threads"] == 1
+    assert_identical(final_weights(tmp_path / "1", config), final_weights(tmp_path / "2", config))
+    # A different count is a different run, recorded as such.
+    two = replace(config, train=replace(config.train, cpu_threads=2))
+    assert run_id(two) != run_id(config)
+    assert run_one(two, tmp_path / "t", data_root)["torch_threads"] == 2
+    assert torch.get_num_threads() == before
