@@ -2,4 +2,9 @@
 
 
 class UserError(Exception):
-    """Bad input from the user: an unknown name, a value out of range, a malformed grid."""
+    """Bad input from the user: an unknown name, a value out of range, a malformed grid.
+    ``key`` names the setting at fault, so a grid error can point at the line that sets it."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key

@@ -211,7 +211,7 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
         try:
             method_cls = get_method(method_name)
         except UserError as exc:
-            raise where.error(entry, str(exc)) from None
+            raise where.error(exc.key or entry, str(exc)) from None
         overrides = {key: _section(cls, table.pop(key, {}), where, f"method.{entry}.{key}")
                      for key, cls in SECTIONS.items()}
         hparams = _build(method_cls.Hparams, table, where, f"method.{entry}")
@@ -242,7 +242,7 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
                         try:
                             config.validate()
                         except UserError as exc:
-                            raise where.error(entry, str(exc)) from None
+                            raise where.error(exc.key or entry, str(exc)) from None
                         run = GridRun(config, entry)
                         runs.setdefault(run.run_id, run)
     slurm = body.get("slurm", {})
