@@ -1,4 +1,4 @@
-"""The ``sparsebench`` command: run, status, report, list.
+"""The ``sparsebench`` command: run, status, report, check, list.
 
 User errors (unknown names, bad values, malformed grids, missing data, unwritable roots) print
 one line on stderr and exit with status 2, never a traceback.
@@ -175,6 +175,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from bench import check
+    from bench.grid import parse_only
+
+    root = _root(args.root)
+    if args.sigmas <= 0 or not args.floor >= 0:
+        raise UserError(f"--sigmas must be > 0 and --floor >= 0, got {args.sigmas:g} and "
+                        f"{args.floor:g}")
+    for flag in ("default_std", "default_sparsity_std"):
+        value = getattr(args, flag)
+        if value is not None and (not args.pin or not value >= 0):
+            raise UserError(f"--{flag.replace('_', '-')} applies to --pin only and must be >= 0")
+    if args.pin:
+        if args.out or args.allow_missing:
+            raise UserError("--out and --allow-missing apply to a check, not to --pin")
+        baseline, notes = check.pin(root, args.only, args.default_std, args.default_sparsity_std)
+        check.write_baseline(Path(args.baseline), baseline)
+        for note in notes:
+            print(note)
+        print(f"pinned {len(baseline['cells'])} cells from {baseline['pinned_from']['runs']} "
+              f"runs under {root} to {args.baseline}")
+        return 0
+    baseline = check.load_baseline(Path(args.baseline))
+    only = parse_only(args.only)
+    comp = check.compare(baseline, check.cells(check.load_runs(root, only)),
+                         sigmas=args.sigmas, floor=args.floor,
+                         allow_missing=args.allow_missing, only=only)
+    if not comp.checks:
+        raise UserError(f"--only {args.only} matches no cell of {args.baseline} or {root}")
+    src = baseline["pinned_from"]
+    print(f"baseline {args.baseline}: {len(baseline['cells'])} cells pinned from "
+          f"{src.get('root')} (git {', '.join(src.get('git') or ['?'])}); current: {root}")
+    print(check.rule_line(comp))
+    rows = check.table_rows(comp)
+    if rows:
+        print(f"\n{check.format_table(rows)}\n")
+    if args.out:
+        from bench.store import atomic_write_text
+
+        try:
+            atomic_write_text(Path(args.out), check.to_csv(comp))
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        print(f"comparison of all {len(comp.checks)} cells: {args.out}")
+    print(check.summary_line(comp))
+    print("check FAILED" if comp.failed else "check passed")
+    return 1 if comp.failed else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from methods import REGISTRY
@@ -241,6 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root")
     report.add_argument("--out")
     report.set_defaults(func=cmd_report)
+
+    chk = sub.add_parser("check", help="compare results with a pinned baseline; exit 1 on a "
+                         "regression (--pin writes the baseline instead)")
+    chk.add_argument("--baseline", required=True, metavar="FILE",
+                     help="pinned baseline JSON (see baselines/pinned/README.md)")
+    chk.add_argument("--root",
+                     help=f"results root (default $SPARSEBENCH_ROOT or ./{DEFAULT_ROOT})")
+    chk.add_argument("--only", help="compare only these cells: key=value,... with keys model, "
+                     "dataset, method, sparsity, seed (as for run)")
+    chk.add_argument("--sigmas", type=float, default=3.0,
+                     help="k in tol = max(floor, k*sqrt(s_b^2/n_b + s_c^2/n_c)) (default 3)")
+    chk.add_argument("--floor", type=float, default=0.5,
+                     help="smallest accuracy tolerance, in top-1 points (default 0.5)")
+    chk.add_argument("--allow-missing", action="store_true",
+                     help="baseline cells with no current result do not fail the check")
+    chk.add_argument("--out", metavar="CSV", help="also write the full comparison as CSV")
+    chk.add_argument("--pin", action="store_true",
+                     help="write FILE from the results under --root instead of checking")
+    chk.add_argument("--default-std", type=float, metavar="POINTS",
+                     help="--pin: top-1 std for single-seed cells (default: median std of the "
+                     "multi-seed cells)")
+    chk.add_argument("--default-sparsity-std", type=float,
+                     help="--pin: achieved-sparsity std for single-seed cells whose counts are "
+                     "learned (default: median over cells whose counts varied, else 0.01)")
+    chk.set_defaults(func=cmd_check)
 
     lst = sub.add_parser("list", help="list methods, models, datasets or built-in grids")
     lst.add_argument("what", choices=("methods", "models", "datasets", "grids"))
