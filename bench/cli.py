@@ -89,10 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(root: Path, out: Path) -> None:
+def _report(root: Path, out: Path, published: Path | None = None) -> None:
     from bench.report import write_report
 
-    paths = write_report(root, out)
+    paths = write_report(root, out, published)
     print(f"report: {out} ({len(paths)} files)")
     for path in paths:
         if path.suffix == ".md" and path.name != "README.md":
@@ -171,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"no runs under {root}: run a grid first or pass --root DIR")
     out = Path(args.out) if args.out else root / "report"
     ensure_writable(out)
-    _report(root, out)
+    _report(root, out, Path(args.published) if args.published else None)
     return 0
 
 
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and plots from the results on disk")
     report.add_argument("--root")
     report.add_argument("--out")
+    report.add_argument("--published", metavar="FILE", help="published numbers to show next "
+                        "to ours (default: the repository's baselines/published.toml)")
     report.set_defaults(func=cmd_report)
 
     chk = sub.add_parser("check", help="compare results with a pinned baseline; exit 1 on a "

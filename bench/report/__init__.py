@@ -5,11 +5,16 @@ and an index ``<out>/README.md``.
 Layout (names are fixed so links and scripts can rely on them)::
 
     <out>/README.md, results.csv (all aggregated cells), runs.csv (one row per run)
+    <out>/leaderboard.md                            methods ranked per target sparsity
     <out>/<model>-<dataset>/accuracy.{md,csv,tex}   method x target sparsity, mean ± std (n)
     <out>/<model>-<dataset>/summary.{md,csv,tex}    long form: achieved sparsity, params, MACs
     <out>/<model>-<dataset>/params.{png,svg}        accuracy vs achieved nonzero params
     <out>/<model>-<dataset>/macs.{png,svg}          accuracy vs achieved MACs
     <out>/<model>-<dataset>/layers-s<pct>.png       per-layer density, one per target sparsity
+
+Published numbers (``baselines/published.toml``, see bench.report.published) appear as extra,
+labelled rows of the accuracy tables, hollow points on the plots and unranked rows of the
+leaderboard, for the (model, dataset) pairs that have results.
 
 The report is built in a temporary sibling folder and moved into place only once complete, so a
 failure never leaves a half-written report (an existing one stays as it was).
@@ -26,19 +31,24 @@ import pandas as pd
 
 from bench import store
 from bench.errors import UserError
+from bench.report import published as published_numbers
 from bench.report.aggregate import aggregate, mixed_settings, normalise, pct, section_dir
+from bench.report.leaderboard import leaderboard
 from bench.report.plots import plot_accuracy, plot_layers
 from bench.report.tables import accuracy_table, to_markdown, write_accuracy, write_summary
 
 __all__ = ["write_report", "aggregate"]
 
 
-def write_report(root: Path, out: Path) -> list[Path]:
-    """Write the report for every result under `root` into `out`; returns the files written."""
+def write_report(root: Path, out: Path, published: Path | None = None) -> list[Path]:
+    """Write the report for every result under `root` into `out`; returns the files written.
+    `published`: the published-numbers file (None = the repository's baselines/published.toml,
+    and none at all when that file is absent)."""
     root, out = Path(root), Path(out)
     runs = store.load(root)
     if runs.empty:
         raise UserError(f"no results under {store.runs_dir(root)}: run a grid first")
+    entries = published_numbers.load(published)
     if out.exists() and not out.is_dir():
         raise UserError(f"report output {out} exists and is not a folder")
     try:
@@ -47,7 +57,7 @@ def write_report(root: Path, out: Path) -> list[Path]:
     except OSError as exc:
         raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     try:
-        written = _build(runs, tmp, root)
+        written = _build(runs, tmp, root, entries)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the report is meant to be shared
         _publish(tmp, out)
     except BaseException:
@@ -71,9 +81,9 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(runs: pd.DataFrame, tmp: Path, root: Path) -> list[Path]:
+def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries) -> list[Path]:
     agg = aggregate(runs)
-    written = [tmp / "results.csv", tmp / "runs.csv"]
+    written = [tmp / "results.csv", tmp / "runs.csv", tmp / "leaderboard.md"]
     agg.to_csv(written[0], index=False, float_format="%.17g")
     runs.to_csv(written[1], index=False)
     sections = []
@@ -81,12 +91,14 @@ def _build(runs: pd.DataFrame, tmp: Path, root: Path) -> list[Path]:
         folder = tmp / section_dir(model, dataset)
         folder.mkdir()
         title = f"{model} on {dataset}"
-        files = write_accuracy(sub, folder, title) + write_summary(sub, folder, title)
-        files += plot_accuracy(sub, "params", folder / "params", title)
-        files += plot_accuracy(sub, "macs", folder / "macs", title)
+        pub = published_numbers.for_section(entries, model, dataset)
+        files = write_accuracy(sub, folder, title, pub) + write_summary(sub, folder, title)
+        files += plot_accuracy(sub, "params", folder / "params", title, pub)
+        files += plot_accuracy(sub, "macs", folder / "macs", title, pub)
         files += _layer_plots(runs, sub, model, dataset, folder, title)
         written += files
-        sections.append((model, dataset, sub, files))
+        sections.append((model, dataset, sub, files, pub))
+    written[2].write_text(leaderboard([(f"{m} on {d}", s, p) for m, d, s, _, p in sections]))
     readme = tmp / "README.md"
     readme.write_text(_index(runs, root, sections, tmp))
     return [readme, *written]
@@ -124,11 +136,13 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         "Plot points sit at the achieved (not nominal) nonzero params / MACs; the dashed line "
         "and star are the dense model.",
         "",
+        "- [leaderboard.md](leaderboard.md): methods ranked by mean top-1 at each target "
+        "sparsity, with published numbers marked as such",
         "- [results.csv](results.csv): every aggregated cell, all models and datasets",
         "- [runs.csv](runs.csv): one row per run",
         "",
     ]
-    for model, dataset, sub, files in sections:
+    for model, dataset, sub, files, pub in sections:
         rel = [p.relative_to(tmp).as_posix() for p in files]
         names = {Path(r).name: r for r in rel}
         lines += [f"## {model} on {dataset}", ""]
@@ -147,7 +161,7 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
             lines.append("- layer-wise density: " + ", ".join(
                 f"[{Path(r).stem.removeprefix('layers-s')}%]({r})" for r in layer
             ))
-        lines += ["", to_markdown(accuracy_table(sub), index=True)]
+        lines += ["", to_markdown(accuracy_table(sub, pub), index=True)]
         if "params.png" in names:
             lines += [f"![accuracy vs nonzero params]({names['params.png']})", ""]
     failed = runs[runs["status"] != "ok"]

@@ -7,6 +7,7 @@ is needed, and no global figure state leaks between reports or into the caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.report.aggregate import pct
+from bench.report.published import Published
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*"]
 
@@ -85,9 +87,22 @@ def _short(value: float) -> str:
     return f"{value:.3g}"
 
 
-def plot_accuracy(agg: pd.DataFrame, axis: str, base: Path, title: str) -> list[Path]:
+PUBLISHED_X = {"params": "params", "macs": "macs"}  # Published field giving the x value
+
+
+def published_points(published: Sequence[Published], axis: str) -> list[tuple[Published, float]]:
+    """(entry, x) for the published entries that give this axis' count. An entry without a
+    parameter (or MAC) count has no honest x position, so it is left off that plot (it is
+    still in the tables and the leaderboard)."""
+    field = PUBLISHED_X[axis]
+    return [(p, getattr(p, field)) for p in published if getattr(p, field) is not None]
+
+
+def plot_accuracy(agg: pd.DataFrame, axis: str, base: Path, title: str,
+                  published: Sequence[Published] = ()) -> list[Path]:
     """Accuracy vs achieved params or MACs; writes base.png and base.svg. Nothing to plot ->
-    no files (the index says so)."""
+    no files (the index says so). Published points (hollow markers, legend entry
+    'published', each annotated with its method) are drawn where the source gives the count."""
     xcol, xlabel = AXES[axis]
     unit = "params" if axis == "params" else "MACs"
     lines = series(agg, xcol)
@@ -113,6 +128,8 @@ def plot_accuracy(agg: pd.DataFrame, axis: str, base: Path, title: str) -> list[
                 ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
             ax.plot([ref[xcol]], [mean], marker="*", markersize=11, color="black",
                     linestyle="none")
+        _draw_published(ax, published_points(published, axis),
+                        dict(zip(lines, colors, strict=True)))
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 test accuracy (%)")
@@ -123,6 +140,42 @@ def plot_accuracy(agg: pd.DataFrame, axis: str, base: Path, title: str) -> list[
         # Outside the axes: with many methods an inside legend hides points.
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         return _save(fig, base, ("png", "svg"))
+
+
+def label_heights(points: list[tuple[Published, float]], gap: float) -> list[float]:
+    """Label y per point: its own top-1, pushed down so labels of points at the same x (a
+    paper's methods at one sparsity share one parameter count) stay `gap` apart."""
+    heights = [p.top1 for p, _ in points]
+    by_x: dict[float, list[int]] = {}
+    for i, (_, x) in enumerate(points):
+        by_x.setdefault(x, []).append(i)
+    for members in by_x.values():
+        previous = None
+        for i in sorted(members, key=lambda i: -points[i][0].top1):
+            if previous is not None:
+                heights[i] = min(heights[i], previous - gap)
+            previous = heights[i]
+    return heights
+
+
+def _draw_published(ax, points: list[tuple[Published, float]], colors: dict) -> None:
+    """Hollow markers in the colour of our line of the same method name (black otherwise);
+    one legend entry for all of them."""
+    for p, x in points:
+        ax.plot([x], [p.top1], marker="o", markersize=7, markerfacecolor="none",
+                markeredgecolor=colors.get(p.method, "black"), markeredgewidth=1.3,
+                linestyle="none")
+    if points:
+        low, high = ax.get_ylim()  # autoscaled to everything drawn so far
+        for (p, x), y in zip(points, label_heights(points, 0.045 * (high - low)), strict=True):
+            color = colors.get(p.method, "black")
+            moved = y != p.top1  # a label pushed off its point gets a leader line to it
+            ax.annotate(p.method, (x, p.top1), xytext=(x * (1.25 if moved else 1.06), y),
+                        textcoords="data", fontsize=7, va="center", color=color,
+                        arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.5,
+                                    "shrinkA": 1, "shrinkB": 4} if moved else None)
+        ax.plot([], [], marker="o", markerfacecolor="none", markeredgecolor="black",
+                linestyle="none", label="published")
 
 
 def layer_densities(results: dict[str, list[dict]]) -> tuple[list[str], dict[str, np.ndarray]]:

@@ -7,11 +7,13 @@ The formatting is hand-written (no tabulate / jinja2) so the report needs nothin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from bench.report.aggregate import pct
+from bench.report.published import Published, fmt_number
 
 MISSING_MD = "—"
 MISSING_TEX = "--"
@@ -36,13 +38,19 @@ def accuracy_cell(row: pd.Series) -> str:
     return text
 
 
-def accuracy_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Rows = method label (dense first), columns = target sparsity; None where no run exists."""
+def accuracy_table(agg: pd.DataFrame, published: Sequence[Published] = ()) -> pd.DataFrame:
+    """Rows = method label (dense first), columns = target sparsity; None where no run exists.
+    Published numbers follow our rows, one row per method and source labelled
+    '<method> (published: <citation>)', in the column of the sparsity the source reports
+    (a column of its own when none of our targets equals it)."""
     labels = list(dict.fromkeys(agg["method_label"]))
-    targets = sorted(set(agg["target_sparsity"]))
+    labels += list(dict.fromkeys(p.label for p in published))
+    targets = sorted(set(agg["target_sparsity"]) | {p.sparsity for p in published})
     table = pd.DataFrame(None, index=labels, columns=[pct(t) for t in targets], dtype=object)
     for _, row in agg.iterrows():
         table.loc[row["method_label"], pct(row["target_sparsity"])] = accuracy_cell(row)
+    for p in published:
+        table.loc[p.label, pct(p.sparsity)] = fmt_number(p.top1)
     table.index.name = "method"
     return table
 
@@ -153,9 +161,14 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def write_accuracy(agg: pd.DataFrame, folder: Path, title: str) -> list[Path]:
-    table = accuracy_table(agg)
+def write_accuracy(agg: pd.DataFrame, folder: Path, title: str,
+                   published: Sequence[Published] = ()) -> list[Path]:
+    table = accuracy_table(agg, published)
     caption = f"Top-1 test accuracy (%) of {title}: mean ± std over seeds, by target sparsity."
+    if published:
+        caption += (" Rows marked (published: ...) are numbers copied from the cited source at "
+                    "the sparsity it reports, not our runs; sources and recipe differences "
+                    "are listed in leaderboard.md.")
     paths = [folder / "accuracy.md", folder / "accuracy.csv", folder / "accuracy.tex"]
     paths[0].write_text(f"{caption}\n\n{to_markdown(table, index=True)}")
     table.to_csv(paths[1])
