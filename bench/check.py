@@ -241,10 +241,16 @@ def dumps(baseline: dict[str, Any]) -> str:
     """JSON in the dicts' own (fixed) key order, one field per line, number lists inline: two
     pins of the same results give the same bytes, and a diff shows which field of which cell
     moved."""
+    def inline(match: re.Match) -> str:
+        try:
+            return json.dumps(json.loads(match.group(0)))
+        except json.JSONDecodeError:  # a "]" inside a string ended the match early
+            return match.group(0)
+
+    # json starts a non-empty list with "[" and a raw newline, which no JSON string contains,
+    # so this only ever matches a real list without nested lists or objects.
     text = json.dumps(baseline, indent=2, allow_nan=False)
-    return re.sub(r"\[\s*([-0-9.,\s]*?)\s*\]",
-                  lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
-                  text) + "\n"
+    return re.sub(r"\[\n[^\[\]{}]*\]", inline, text) + "\n"
 
 
 def write_baseline(path: Path, baseline: dict[str, Any]) -> None:

@@ -167,7 +167,10 @@ def test_pin_is_byte_stable_with_sorted_keys(tmp_path):
                           "default_sparsity_std_source", "cells"]
     assert list(data["cells"][0])[:5] == ["model", "dataset", "method", "method_label",
                                           "target_sparsity"]
-    assert '"seeds": [0, 1, 2],' in text
+    assert '"seeds": [0, 1, 2],' in text and '"git": ["abc1234"],' in text
+    tricky = {"a": ["x]y", "z"], "b": [1.5, -2], "c": [], "d": [[1], {"e": [2, 3]}]}
+    assert json.loads(check.dumps(tricky)) == tricky
+    assert '"b": [1.5, -2]' in check.dumps(tricky)
     assert json.loads(check.dumps(data)) == data
     assert check.load_baseline(a) == data
 
