@@ -20,14 +20,14 @@ Rules (also printed as one line by ``rule_line`` and written up in baselines/pin
 * **Counts.** For count-exact methods the nonzero parameters and achieved sparsity are a
   deterministic function of the method, so any change is a regression even if accuracy holds
   ("counts changed"). A baseline cell gets ``counts_rule = "exact"`` when every pinned seed had
-  the same ``params_nonzero`` and its method is not one of ``LEARNED_COUNTS``; then every current
-  seed must have exactly that ``params_nonzero`` and an achieved sparsity within ``SPARSITY_EPS``
-  of the baseline's. Otherwise (counts varied across the pinned seeds, or the method learns its
-  sparsity during training: STR, EigenDamage) the rule is ``"sigma"``: the mean achieved sparsity
-  must stay within ``max(SPARSITY_EPS, k * sqrt(s_b**2 / n_b + s_c**2 / n_c))`` of the baseline's,
-  in either direction, with s the per-side sparsity std, or ``default_sparsity_std`` for a
-  side with one seed. Two-sided because a method measured at a different sparsity is not the same
-  data point, whichever way it moved.
+  the same ``params_nonzero`` and its method has a fixed budget (``Method.fixed_budget``); then
+  every current seed must have exactly that ``params_nonzero`` and an achieved sparsity within
+  ``SPARSITY_EPS`` of the baseline's. Otherwise (counts varied across the pinned seeds, or the
+  method learns its sparsity during training: STR, EigenDamage) the rule is ``"sigma"``: the mean
+  achieved sparsity must stay within ``max(SPARSITY_EPS, k * sqrt(s_b**2 / n_b + s_c**2 / n_c))``
+  of the baseline's, in either direction, with s the per-side sparsity std, or
+  ``default_sparsity_std`` for a side with one seed. Two-sided because a method measured at a
+  different sparsity is not the same data point, whichever way it moved.
 * **Status.** A baseline cell with no current result is "missing" (a failure unless
   ``allow_missing``); a current cell absent from the baseline is "new" (listed, never a failure);
   a current cell whose every seed failed is "failed" (a failure). Seeds that failed in a cell
@@ -54,16 +54,13 @@ import pandas as pd
 from bench import store
 from bench.errors import UserError
 from bench.report.aggregate import AGG_COLUMNS, KEYS, aggregate, normalise, order
+from methods import REGISTRY
 
 SCHEMA = 1
 KIND = "sparsebench-baseline"
 DEFAULT_SIGMAS = 3.0
 DEFAULT_FLOOR = 0.5
 SPARSITY_EPS = 1e-9
-# Methods whose achieved sparsity comes out of training (STR's learned thresholds, EigenDamage's
-# pruned eigen-directions; DESIGN "Sparsity targets"): their counts vary with the run even when a
-# single pinned seed cannot show it.
-LEARNED_COUNTS = ("str", "eigendamage")
 # A sparsity std for learned-count cells pinned from one seed when nothing better is known: one
 # percentage point, about what STR's calibration promises (its rel_tol on the density).
 FALLBACK_SPARSITY_STD = 0.01
@@ -176,7 +173,7 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
     rules = []
     for row in table.itertuples():
         constant = row.nonzero_min == row.nonzero_max
-        rules.append("exact" if constant and row.method not in LEARNED_COUNTS else "sigma")
+        rules.append("exact" if constant and _fixed_budget(row.method) else "sigma")
     table = table.assign(counts_rule=rules)
 
     multi = table[(table["n"] >= 2) & table["top1_std"].notna()]
@@ -305,6 +302,13 @@ def load_baseline(path: Path) -> dict[str, Any]:
 
 
 # --- comparison -------------------------------------------------------------------------------
+def _fixed_budget(method: str) -> bool:
+    """Whether the method's nonzero count is set by the target; a method no longer registered
+    is compared within seed variance, the safer assumption."""
+    cls = REGISTRY.get(method)
+    return bool(cls and cls.fixed_budget)
+
+
 def tolerance(base_std: float | None, base_n: int, cur_std: float | None, cur_n: int,
               default_std: float, sigmas: float = DEFAULT_SIGMAS,
               floor: float = DEFAULT_FLOOR) -> float:

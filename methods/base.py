@@ -88,6 +88,10 @@ class Method:
     distributions: ClassVar[tuple[str, ...]] = ("uniform", "erk")
     # Does the method use the sparsity target at all? (dense does not)
     uses_sparsity: ClassVar[bool] = True
+    # Is the nonzero count set by the target (a fixed budget), or does training decide it (STR's
+    # learned thresholds, EigenDamage's pruned eigen-directions)? Regression checks compare
+    # fixed budgets exactly and learned ones within seed variance.
+    fixed_budget: ClassVar[bool] = True
 
     def __init__(self, config: RunConfig, hparams: Any):
         self.config = config

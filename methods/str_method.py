@@ -295,6 +295,7 @@ class STR(Method):
     name = "str"
     Hparams = STRHparams
     default_distribution = "learned"
+    fixed_budget = False
     distributions = ("learned",)
 
     def __init__(self, config, hparams):

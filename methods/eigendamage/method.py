@@ -128,6 +128,7 @@ class EigenDamage(Method):
     name = "eigendamage"
     Hparams = EigenDamageHparams
     default_distribution = "learned"
+    fixed_budget = False
     distributions = ("learned",)
 
     def __init__(self, config: RunConfig, hparams: EigenDamageHparams | None):
