@@ -79,14 +79,8 @@ _CELL_FIELDS = {
 # --- current results --------------------------------------------------------------------------
 def _only_filter(df: pd.DataFrame, only: dict[str, str], seeds_col: str | None) -> pd.DataFrame:
     """``--only`` on runs (``seeds_col`` None: a ``seed`` column) or on baseline cells (a list of
-    seeds per cell), with the same keys and matching as ``bench.grid.matches``."""
-    if "sparsity" in only:
-        try:
-            float(only["sparsity"])
-        except ValueError:
-            raise UserError(f"--only sparsity={only['sparsity']} is not a number") from None
-    if "seed" in only and not only["seed"].isdigit():
-        raise UserError(f"--only seed={only['seed']} is not a non-negative integer")
+    seeds per cell), with the same keys and matching as ``bench.grid.matches``; its values were
+    checked by ``bench.grid.parse_only``."""
     keep = pd.Series(True, index=df.index)
     for key, value in only.items():
         if key == "model":
@@ -177,24 +171,18 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
     table = table.assign(counts_rule=rules)
 
     multi = table[(table["n"] >= 2) & table["top1_std"].notna()]
-    if default_std is not None:
-        std, std_source = float(default_std), "--default-std"
-    elif len(multi):
-        std = float(np.median(multi["top1_std"].to_numpy(dtype=float)))
-        std_source = f"median top-1 std of {len(multi)} multi-seed cells"
-    else:
+    chosen = _default_std(default_std, "--default-std", multi["top1_std"],
+                          f"median top-1 std of {len(multi)} multi-seed cells")
+    if chosen is None:
         raise UserError("every pinned cell has one seed, so there is no seed std to default "
                         "to: pass --default-std POINTS (e.g. the std of a few seeds of one "
                         "method) or pin results with several seeds per cell")
+    std, std_source = chosen
     varying = table[table["nonzero_min"] != table["nonzero_max"]]
-    if default_sparsity_std is not None:
-        sp_std, sp_source = float(default_sparsity_std), "--default-sparsity-std"
-    elif len(varying):
-        sp_std = float(np.median(varying["sparsity_std"].to_numpy(dtype=float)))
-        sp_source = f"median achieved-sparsity std of {len(varying)} cells whose counts varied"
-    else:
-        sp_std = FALLBACK_SPARSITY_STD
-        sp_source = "fallback: no pinned cell's counts varied over seeds"
+    sp_std, sp_source = _default_std(
+        default_sparsity_std, "--default-sparsity-std", varying["sparsity_std"],
+        f"median achieved-sparsity std of {len(varying)} cells whose counts varied",
+    ) or (FALLBACK_SPARSITY_STD, "fallback: no pinned cell's counts varied over seeds")
     notes.append(f"default_std {std:.4g} points ({std_source}); default_sparsity_std "
                  f"{sp_std:.4g} ({sp_source})")
 
@@ -302,6 +290,17 @@ def load_baseline(path: Path) -> dict[str, Any]:
 
 
 # --- comparison -------------------------------------------------------------------------------
+def _default_std(given: float | None, flag: str, measured: pd.Series,
+                 measured_source: str) -> tuple[float, str] | None:
+    """The std for single-seed sides and where it came from: the flag's value, else the median
+    of the measured stds, else None."""
+    if given is not None:
+        return float(given), flag
+    if len(measured):
+        return float(np.median(measured.to_numpy(dtype=float))), measured_source
+    return None
+
+
 def _fixed_budget(method: str) -> bool:
     """Whether the method's nonzero count is set by the target; a method no longer registered
     is compared within seed variance, the safer assumption."""

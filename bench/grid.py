@@ -265,6 +265,13 @@ def parse_only(spec: str | None) -> dict[str, str]:
             raise UserError(f"--only takes key=value pairs separated by commas with keys "
                             f"{', '.join(valid)}; got {part!r}")
         out[key] = value.strip()
+    if "sparsity" in out:
+        try:
+            float(out["sparsity"])
+        except ValueError:
+            raise UserError(f"--only sparsity={out['sparsity']} is not a number") from None
+    if "seed" in out and not out["seed"].isdigit():
+        raise UserError(f"--only seed={out['seed']} is not a non-negative integer")
     return out
 
 
@@ -285,11 +292,5 @@ def matches(run: GridRun, only: dict[str, str]) -> bool:
 
 
 def select(grid: Grid, only: dict[str, str]) -> list[GridRun]:
-    if "sparsity" in only:
-        try:
-            float(only["sparsity"])
-        except ValueError:
-            raise UserError(f"--only sparsity={only['sparsity']} is not a number") from None
-    if "seed" in only and not only["seed"].isdigit():
-        raise UserError(f"--only seed={only['seed']} is not a non-negative integer")
+    """The runs `only` (from ``parse_only``, which checks its values) keeps."""
     return [run for run in grid.runs if matches(run, only)]

@@ -19,6 +19,7 @@ import pytest
 from bench import check, store
 from bench.cli import main
 from bench.errors import UserError
+from bench.grid import parse_only
 
 MODEL, DATA = "mnist1d_cnn", "mnist1d"
 PRUNABLE, OTHER = 10_000, 300
@@ -282,7 +283,7 @@ def test_only_filters_baseline_and_results_alike(tmp_path):
     assert (gmp.cur_n, gmp.cur_top1, gmp.delta) == (1, 82.0, 1.0)
     assert gmp.tol == pytest.approx(3 * math.sqrt(1 / 3 + DEFAULT_STD**2 / 1))
     with pytest.raises(UserError, match="--only seed=x"):
-        check.load_runs(root, {"seed": "x"})
+        check.load_runs(root, parse_only("seed=x"))
 
 
 # --- files and CLI ----------------------------------------------------------------------------
