@@ -28,6 +28,12 @@ Rules (also printed as one line by ``rule_line`` and written up in baselines/pin
   of the baseline's, in either direction, with s the per-side sparsity std, or
   ``default_sparsity_std`` for a side with one seed. Two-sided because a method measured at a
   different sparsity is not the same data point, whichever way it moved.
+* **Recipe.** The pin records each cell's recipe: ``recipe_id``, the run id of its config with
+  the seed left out. A current cell trained with another recipe (other epochs, optimizer,
+  hparams, layer policy, ...) is "recipe differs", a failure whatever its accuracy: no tolerance
+  makes two different experiments comparable. Rerun with the baseline's config, or re-pin.
+  Cells whose config no longer parses (a method since removed), and baselines pinned without
+  recipes, skip this rule.
 * **Status.** A baseline cell with no current result is "missing" (a failure unless
   ``allow_missing``); a current cell absent from the baseline is "new" (listed, never a failure);
   a current cell whose every seed failed is "failed" (a failure). Seeds that failed in a cell
@@ -44,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from bench import store
+from bench.config import from_dict, run_id
 from bench.errors import UserError
 from bench.report.aggregate import AGG_COLUMNS, KEYS, aggregate, normalise, order
 from methods import REGISTRY
@@ -66,8 +73,9 @@ SPARSITY_EPS = 1e-9
 FALLBACK_SPARSITY_STD = 0.01
 
 _SPREAD = ["nonzero_min", "nonzero_max", "sparsity_min", "sparsity_max", "sparsity_std"]
-FAILING = ("regressed", "counts changed", "failed", "missing")
-VERDICTS = ("regressed", "counts changed", "failed", "improved", "ok", "missing", "new")
+FAILING = ("recipe differs", "regressed", "counts changed", "failed", "missing")
+VERDICTS = ("recipe differs", "regressed", "counts changed", "failed", "improved", "ok",
+            "missing", "new")
 
 _CELL_FIELDS = {
     "model": str, "dataset": str, "method": str, "method_label": str,
@@ -98,12 +106,27 @@ def _only_filter(df: pd.DataFrame, only: dict[str, str], seeds_col: str | None) 
     return df[keep]
 
 
+def recipe_id(config: dict[str, Any] | None) -> str | None:
+    """The run id of a result's config with the seed left out: equal for two runs exactly when
+    they trained with the same recipe (model, data, method and its hparams, training, sparsity).
+    None when the config no longer parses (a method or field since removed)."""
+    try:
+        parsed = from_dict(config or {}, REGISTRY[(config or {})["method"]["name"]].Hparams)
+    except (KeyError, TypeError, UserError):
+        return None
+    return run_id(replace(parsed, seed=0))
+
+
 def load_runs(root: Path, only: dict[str, str] | None = None) -> pd.DataFrame:
-    """The runs under `root` (normalised as the report does), filtered by ``--only``."""
+    """The runs under `root` (normalised as the report does) with each run's ``recipe``
+    (``recipe_id``), filtered by ``--only``."""
     runs = store.load(root)
     if runs.empty:
         raise UserError(f"no results under {store.runs_dir(root)}: run a grid first or pass "
                         "--root DIR")
+    recipes = {str(folder): recipe_id(result.get("config"))
+               for folder, result in store.iter_results(root)}
+    runs = runs.assign(recipe=runs["path"].map(recipes))
     return _only_filter(normalise(runs), only or {}, None)
 
 
@@ -111,7 +134,7 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Seed aggregation of ``bench.report.aggregate`` plus what the count rules need: the method,
     the spread of nonzero counts and achieved sparsity over the successful seeds."""
     if runs.empty:  # everything filtered out by --only: every baseline cell is missing
-        return pd.DataFrame(columns=[*AGG_COLUMNS, "method", *_SPREAD])
+        return pd.DataFrame(columns=[*AGG_COLUMNS, "method", "recipe", *_SPREAD])
     agg = aggregate(runs)
     df = normalise(runs)
     ok = df[df["status"] == "ok"]
@@ -121,7 +144,17 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
         sparsity_std=("achieved_sparsity", "std"),
     ).reset_index()
     method = df.groupby(KEYS, sort=True)["method"].first().reset_index()
+    if "recipe" in df:
+        recipes = df.groupby(KEYS, sort=True)["recipe"].agg(_joined).reset_index()
+        method = method.merge(recipes, on=KEYS, how="left")
+    else:
+        method = method.assign(recipe="")
     return order(agg.merge(method, on=KEYS, how="left").merge(spread, on=KEYS, how="left"))
+
+
+def _joined(recipes: pd.Series) -> str:
+    """A cell's distinct recipe ids, space-separated ('' when none is known)."""
+    return " ".join(sorted({r for r in recipes if isinstance(r, str) and r}))
 
 
 def _key(model: str, dataset: str, label: str, target: float) -> tuple[str, str, str, float]:
@@ -201,6 +234,7 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
             "macs": _count(row.macs),
             "counts_constant": bool(row.nonzero_min == row.nonzero_max),
             "counts_rule": row.counts_rule,
+            "recipe": row.recipe or None,
         })
     paths = set(runs["path"])
     used = [(res.get("versions") or {}, res.get("device"))
@@ -435,6 +469,13 @@ def compare(baseline: dict[str, Any], current: pd.DataFrame, *, sigmas: float = 
             check.note = f"{int(c.n_failed)} of {int(c.n + c.n_failed)} seeds failed"
         else:
             check.delta = check.cur_top1 - check.base_top1
+            if b.get("recipe") and c.recipe and c.recipe != b["recipe"]:
+                # Different training recipes: no tolerance makes the numbers comparable.
+                check.verdict = "recipe differs"
+                check.note = (f"baseline recipe {b['recipe']}, current {c.recipe}: rerun with "
+                              "the baseline's config, or re-pin")
+                checks.append(check)
+                continue
             check.tol = tolerance(check.base_std, check.base_n, check.cur_std, check.cur_n,
                                   default_std, sigmas, floor)
             check.accuracy = ("regressed" if check.delta < -check.tol
@@ -480,8 +521,8 @@ def table_rows(comp: Comparison) -> list[list[str]]:
         head = [c.model, c.dataset, c.method_label, f"{c.target_sparsity:g}"]
         verdict = c.verdict + (" (allowed)" if c.verdict == "missing" and comp.allow_missing
                                else "")
-        if c.verdict in ("missing", "new", "failed"):
-            current = (_acc(c.cur_top1, c.cur_n) if c.verdict == "new"
+        if c.verdict in ("missing", "new", "failed", "recipe differs"):
+            current = (_acc(c.cur_top1, c.cur_n) if c.verdict in ("new", "recipe differs")
                        else "failed" if c.verdict == "failed" else "-")
             rows.append(head + ["top1", _acc(c.base_top1, c.base_n), current, "", "", verdict,
                                 c.note])
@@ -528,7 +569,8 @@ def summary_line(comp: Comparison) -> str:
     n = comp.counts
     missing = f"{n['missing']} missing" + (" (allowed)" if comp.allow_missing and n["missing"]
                                           else "")
-    return (f"{n['regressed']} regressed, {n['counts changed']} counts changed, "
+    recipe = f"{n['recipe differs']} recipe differs, " if n["recipe differs"] else ""
+    return (f"{recipe}{n['regressed']} regressed, {n['counts changed']} counts changed, "
             f"{n['failed']} failed, {n['improved']} improved, {n['ok']} within tolerance, "
             f"{missing}, {n['new']} new")
 

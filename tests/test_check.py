@@ -12,14 +12,18 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench import check, store
 from bench.cli import main
+from bench.config import run_id, to_dict
 from bench.errors import UserError
 from bench.grid import parse_only
+from bench.train import resolve_hparams
+from tests.helpers import tiny_config
 
 MODEL, DATA = "mnist1d_cnn", "mnist1d"
 PRUNABLE, OTHER = 10_000, 300
@@ -200,8 +204,8 @@ def test_single_seed_cell_uses_default_std_and_improvements_pass(tmp_path):
     # static: 3 * sqrt(2/2 + 2/2) = 4.243 < 5
     assert cells["static", 0.9].tol == pytest.approx(3 * math.sqrt(2))
     assert cells["static", 0.9].verdict == "improved"
-    assert comp.counts == {"regressed": 1, "counts changed": 0, "failed": 0, "improved": 1,
-                           "ok": 3, "missing": 0, "new": 0}
+    assert comp.counts == {"recipe differs": 0, "regressed": 1, "counts changed": 0,
+                           "failed": 0, "improved": 1, "ok": 3, "missing": 0, "new": 0}
     assert comp.failed
     only_improved = _compare(baseline, tmp_path, _shift(BASE, "static", +5.0), "c")
     assert not only_improved.failed
@@ -267,6 +271,38 @@ def test_missing_new_and_failed_cells(tmp_path):
     loose = _compare(baseline, tmp_path, only_new_and_missing, "b", allow_missing=True)
     assert (loose.counts["missing"], loose.counts["new"], loose.failed) == (1, 1, False)
     assert _compare(baseline, tmp_path, only_new_and_missing, "c").failed
+
+
+def test_a_different_recipe_fails_whatever_the_accuracy(tmp_path):
+    """Cells are keyed by method label and sparsity; the pin also records each cell's recipe
+    (its config's run id without the seed), so a rerun with other settings is not compared as
+    if it were the same experiment."""
+    baseline = _pinned(tmp_path)
+    gmp = next(c for c in baseline["cells"] if c["method_label"] == "gmp")
+    assert gmp["recipe"] == check.recipe_id(BASE[3]["config"])
+    assert len(gmp["recipe"]) == 12
+    longer = [b | {"config": b["config"] | {"train": {"epochs": 5}}}
+              if b["method_label"] == "gmp" else b for b in BASE]
+    comp = _compare(baseline, tmp_path, longer)
+    cell = _by_label(comp)[("gmp", 0.9)]
+    assert cell.verdict == "recipe differs" and comp.failed
+    assert cell.delta == 0.0  # same accuracy: the recipe alone fails it
+    assert gmp["recipe"] in cell.note
+    assert comp.counts["recipe differs"] == 1 and comp.counts["ok"] == 4
+    assert check.summary_line(comp).startswith("1 recipe differs, 0 regressed")
+    # The seed is not part of the recipe: other seeds of the same config compare normally.
+    reseeded = [b | {"config": b["config"] | {"seed": b["config"]["seed"] + 10}} for b in BASE]
+    assert not _compare(baseline, tmp_path, reseeded, name="reseeded").failed
+    # A config that no longer parses (a method since removed) has no recipe to compare.
+    assert check.recipe_id({"method": {"name": "rigl"}}) is None
+
+
+@pytest.mark.parametrize("method", ["gmp", "str", "thin_dense", "eigendamage"])
+def test_recipe_of_a_seed_zero_run_is_its_run_id(method):
+    """What result.json stores (every field spelled out) parses back to the same identity."""
+    config = resolve_hparams(tiny_config(method, 0.8))
+    assert check.recipe_id(to_dict(config)) == run_id(config)
+    assert check.recipe_id(to_dict(replace(config, seed=3))) == run_id(config)
 
 
 def test_only_filters_baseline_and_results_alike(tmp_path):
