@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: subprocesses, --jobs at a time (default); debug: one after "
                      "another in this process; slurm: submit job arrays and return")
     run.add_argument("--jobs", type=int, help="local executor: runs at once (default: the "
-                     "number of cores)")
+                     "number of cores / the runs' train.cpu_threads)")
     slurm = run.add_argument_group("SLURM (--executor slurm; override the grid's [slurm] table)")
     for flag, text in SLURM_FLAGS.items():
         slurm.add_argument(flag, help=text)

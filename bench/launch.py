@@ -38,7 +38,7 @@ from bench.config import from_dict, run_id, to_dict
 from bench.errors import UserError
 from bench.grid import GridRun
 from bench.run import run_folder, run_one
-from bench.train import Interrupted, resolve_hparams
+from bench.train import Interrupted, resolve_device, resolve_hparams
 from methods import get_method
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -217,6 +217,14 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def default_local_jobs(runs: list[GridRun]) -> int:
+    """Runs at once that do not oversubscribe the cores: each CPU run uses its config's
+    ``cpu_threads`` intra-op threads."""
+    threads = [r.config.train.cpu_threads for r in runs
+               if resolve_device(r.config.train.device).type == "cpu"]
+    return max(1, default_jobs() // max(threads, default=1))
+
+
 def run_local(
     runs: list[GridRun],
     root: Path,
@@ -227,8 +235,9 @@ def run_local(
     poll_s: float = 0.2,
 ) -> list[dict[str, Any]]:
     """Each run in its own submitit subprocess, at most `jobs` at a time (submitit's local
-    executor starts everything at once), a run only after the runs it depends on."""
-    jobs = jobs or default_jobs()
+    executor starts everything at once), a run only after the runs it depends on. By default as
+    many at once as the cores hold: cores / the largest ``train.cpu_threads`` of the CPU runs."""
+    jobs = jobs or default_local_jobs(runs)
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: need at least 1")
     root = Path(root).resolve()

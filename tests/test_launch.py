@@ -21,6 +21,7 @@ from bench.launch import (
     Stopped,
     _StopOnSignal,
     default_jobs,
+    default_local_jobs,
     order_runs,
     parse_time,
     run_local,
@@ -161,3 +162,19 @@ def test_local_executor_runs_every_run_like_debug(tmp_path, data_root):
         there = read_result(run_folder(tmp_path / "local", run.config))
         assert (here["top1"], here["counts"]) == (there["top1"], there["counts"])
     assert Path(tmp_path / "local" / "local").is_dir()
+
+
+def test_local_jobs_default_leaves_each_cpu_run_its_threads(monkeypatch):
+    """By default the local executor runs cores / cpu_threads at once, never oversubscribing."""
+    monkeypatch.setattr("bench.launch.default_jobs", lambda: 8)
+    one = GridRun(tiny_config("static", 0.5), "static")
+    four = GridRun(replace(one.config, train=replace(one.config.train, cpu_threads=4)), "static")
+    gpu = replace(four.config, train=replace(four.config.train, cpu_threads=8, device="cuda"))
+    assert default_local_jobs([one]) == 8
+    assert default_local_jobs([one, four]) == 2
+    # GPU runs ignore cpu_threads, so they do not shrink the pool.
+    assert default_local_jobs([one, GridRun(gpu, "static")]) == 8
+    three = replace(one.config, train=replace(one.config.train, cpu_threads=3))
+    assert default_local_jobs([GridRun(three, "static")]) == 2  # 8 // 3
+    sixteen = replace(one.config, train=replace(one.config.train, cpu_threads=16))
+    assert default_local_jobs([GridRun(sixteen, "static")]) == 1
