@@ -19,6 +19,7 @@ LAYER_POLICIES = ("all", "dense_first", "dense_last", "dense_first_last")
 DISTRIBUTIONS = ("default", "uniform", "erk", "learned")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
+SCHEDULE_UNITS = ("epoch", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -67,6 +68,11 @@ class TrainConfig:
     # are bit-identical only at the same count: it is part of the run, not of the executor.
     # Ignored on GPUs.
     cpu_threads: int = 1
+    # Recipe knobs of the papers' grids (bench/recipe.py); the defaults are no-ops.
+    warmup_epochs: int = 0  # linear lr warm-up over the first epochs (STR: 5)
+    schedule_unit: str = "epoch"  # "step": lr recomputed every step (RigL) instead of per epoch
+    label_smoothing: float = 0.0
+    no_bn_decay: bool = False  # STR's flag: no weight decay on norm parameters and biases
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,17 @@ class RunConfig:
         _check_choice("optimizer", self.train.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.train.lr_schedule, LR_SCHEDULES)
         _check_choice("precision", self.train.precision, PRECISIONS)
+        _check_choice("schedule_unit", self.train.schedule_unit, SCHEDULE_UNITS)
         for key in ("epochs", "batch_size", "cpu_threads"):
             value = getattr(self.train, key)
             if value < 1:
                 raise UserError(f"{key} {value} must be a positive integer", key=key)
+        if not 0 <= self.train.warmup_epochs < self.train.epochs:
+            raise UserError(f"warmup_epochs {self.train.warmup_epochs} must lie in "
+                            f"[0, epochs = {self.train.epochs})", key="warmup_epochs")
+        if not 0.0 <= self.train.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing {self.train.label_smoothing} must lie in [0, 1)",
+                            key="label_smoothing")
         if self.model.width <= 0:
             raise UserError(f"model width {self.model.width} must be positive", key="width")
 

@@ -158,6 +158,10 @@ def run_one(
         "error": None,
         "distribution": outcome.method.distribution,
         "top1": outcome.final["top1"],
+        # EigenDamage reports the best test accuracy over fine-tuning; we record it too but
+        # rank and check by the final one (choosing an epoch by test accuracy is selection on
+        # the test set).
+        "best_top1": max([outcome.final["top1"]] + [h["top1"] for h in outcome.history]),
         "top5": outcome.final.get("top5"),
         "test_loss": outcome.final["test_loss"],
         "counts": achieved_counts(config, counts, outcome.data.input_shape,

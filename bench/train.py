@@ -8,7 +8,6 @@ On CPU an interrupted and resumed run therefore ends with bit-identical weights.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from bench.data import load_dataset
 from bench.data.base import DataBundle, epoch_generator, iterate_batches, num_batches
 from bench.flops import StepCost
 from bench.models import ModelMaker
+from bench.recipe import make_optimizer, set_lr, train_loss
 from methods import get_method
 from methods.base import Method, SetupContext
 from methods.masking import Masking
@@ -63,24 +63,6 @@ def resolve_hparams(config: RunConfig) -> RunConfig:
     from dataclasses import replace
 
     return replace(config, method=replace(config.method, hparams=method_cls.Hparams()))
-
-
-def lr_factor(train: TrainConfig, epoch: int, progress: float) -> float:
-    """LR multiplier at `epoch` (0-based); `progress` in [0, 1) is the position in the phase."""
-    if train.lr_schedule == "step":
-        return train.gamma ** sum(1 for m in train.milestones if epoch >= m)
-    if train.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
-                               nesterov=train.nesterov and train.momentum > 0,
-                               weight_decay=train.weight_decay, foreach=True)
-    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, foreach=True)
 
 
 @torch.no_grad()
@@ -218,12 +200,12 @@ class Trainer:
             cost = StepCost(model, data.input_shape)
             steps_per_epoch = num_batches(data.train_size, phase.train.batch_size)
             total_steps = steps_per_epoch * phase.train.epochs
+            loss_fn = train_loss(phase.train)
+            per_step_lr = phase.train.schedule_unit == "step"
 
             for epoch in range(start_epoch, phase.train.epochs):
                 model.train()
-                factor = lr_factor(phase.train, epoch, epoch / phase.train.epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = phase.train.lr * factor
+                set_lr(optimizer, phase.train, epoch, 0, steps_per_epoch)
                 loss_sum = torch.tensor(partial[0], dtype=torch.float64, device=device)
                 bad = torch.zeros((), dtype=torch.bool, device=device)
                 n_batches = partial[1]
@@ -234,8 +216,10 @@ class Trainer:
                     if batch_index < skip_batches:
                         continue  # replayed only to keep the epoch generator in step
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if per_step_lr:
+                        set_lr(optimizer, phase.train, epoch, batch_index, steps_per_epoch)
                     with autocast(phase.train, device):
-                        loss = F.cross_entropy(model(x), y)
+                        loss = loss_fn(model(x), y)
                         extra = method.extra_loss(model)
                         total = loss if extra is None else loss + extra
                     optimizer.zero_grad(set_to_none=True)
