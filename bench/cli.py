@@ -224,6 +224,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if comp.failed else 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from bench.grid import load_grid, parse_only, select
+    from bench.show import describe
+
+    grid = load_grid(args.grid)
+    runs = select(grid, parse_only(args.only))
+    for run in runs:
+        print("\n".join(describe(run)))
+    print(f"{len(runs)} runs in grid {grid.name}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         from methods import REGISTRY
@@ -317,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--pin: achieved-sparsity std for single-seed cells whose counts are "
                      "learned (default: median over cells whose counts varied, else 0.01)")
     chk.set_defaults(func=cmd_check)
+
+    show = sub.add_parser("show", help="the fully resolved config of every run of a grid")
+    show.add_argument("grid", help="a grid TOML file or the name of a built-in grid")
+    show.add_argument("--only", help="filter runs as for run: key=value,...")
+    show.set_defaults(func=cmd_show)
 
     lst = sub.add_parser("list", help="list methods, models, datasets or built-in grids")
     lst.add_argument("what", choices=("methods", "models", "datasets", "grids"))

@@ -21,7 +21,19 @@ A grid is the product models x datasets x methods x sparsities x seeds::
     [method.static-erk]     # a variant: a new name for a registered method with overrides
     method = "static"
     sparsity = { distribution = "erk" }
+    [by_model.resnet32_grasp.train]     # overrides for one model of the axis...
+    weight_decay = 1e-4
+    [by_dataset.cifar100.train]         # ...or one dataset
+    epochs = 200
+    [method.str.by_sparsity."0.9"]      # a method's hparams/sections at one target
+    weight_decay = 2.25e-5              # (also [method.E.by_model.M], [method.E.by_dataset.D])
     [slurm]                 # launcher settings, read by bench.launch
+
+Precedence, one rule, general to specific (a later level overrides an earlier one field by
+field): the grid's [train]/[data]/[sparsity]/[model] < [by_model.M] < [by_dataset.D] <
+[method.E] < [method.E.by_model.M] < [method.E.by_dataset.D] < [method.E.by_sparsity."S"].
+Hyperparameters are set only inside [method.E...] tables. ``sparsebench show GRID`` prints what
+each run resolves to.
 
 Methods that ignore the sparsity target (dense) get one run per (model, dataset, seed) at
 sparsity 0. Grids are parsed, never evaluated.
@@ -58,7 +70,7 @@ from methods import get_method
 
 AXES = ("models", "datasets", "methods", "sparsities", "seeds")
 TOP_LEVEL = ("name", "description", "axes", "train", "data", "sparsity", "model", "method",
-             "slurm")
+             "by_model", "by_dataset", "slurm")
 SECTIONS = {"train": TrainConfig, "data": DataConfig, "sparsity": SparsityConfig,
             "model": ModelConfig}
 
@@ -159,6 +171,83 @@ def _build(cls: type, values: dict[str, Any], where: _Where, key: str) -> Any:
         raise where.error(key.split(".")[-1], str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One level of overrides: config sections (train/data/sparsity/model) and, inside a method
+    table, the method's hyperparameters."""
+
+    sections: dict[str, dict[str, Any]]
+    hparams: dict[str, Any]
+
+
+def _merge(layers: list[Layer | None], key: str | None) -> dict[str, Any]:
+    """Field-by-field merge of section `key` (None: the hparams), later layers winning."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        if layer is not None:
+            out.update(layer.hparams if key is None else layer.sections.get(key, {}))
+    return out
+
+
+def _layer(table: Any, key: str, where: _Where, method_cls: type | None = None) -> Layer:
+    """A table of overrides: SECTIONS sub-tables, plus hparams when `method_cls` is given (their
+    names are checked when the hparams are built)."""
+    if not isinstance(table, dict):
+        raise where.error(key.split(".")[-1], f"[{key}] must be a table")
+    table = dict(table)
+    sections = {name: _section(cls, table.pop(name, {}), where, f"{key}.{name}")
+                for name, cls in SECTIONS.items()}
+    for name in ("name",):
+        sections["data"].pop(name, None)
+        sections["model"].pop(name, None)
+    if table and method_cls is None:
+        bad = sorted(table)[0]
+        raise where.error(key, f"unknown key {bad!r} in [{key}]; valid: "
+                          f"{', '.join(SECTIONS)}")
+    return Layer(sections, table)
+
+
+def _scoped(tables: Any, names: list, key: str, where: _Where,
+            method_cls: type | None = None) -> dict[str, Layer]:
+    """``[by_model.NAME]`` / ``[by_dataset.NAME]`` tables, keyed by a name of the grid's axis."""
+    if not isinstance(tables, dict):
+        raise where.error(key.split(".")[-1], f"[{key}] must hold one table per name")
+    out = {}
+    for name, table in tables.items():
+        if name not in names:
+            raise where.error(f"{key}.{name}", f"[{key}.{name}]: {name!r} is not on the grid's "
+                              "axis; "
+                              f"valid: {', '.join(map(str, names))}")
+        out[name] = _layer(table, f"{key}.{name}", where, method_cls)
+    return out
+
+
+def _by_sparsity(tables: Any, sparsities: list, key: str, where: _Where,
+                 method_cls: type) -> dict[float, Layer]:
+    """``[method.E.by_sparsity."0.9"]``: overrides for one target of the sparsities axis."""
+    if not isinstance(tables, dict):
+        raise where.error("by_sparsity", f"[{key}.by_sparsity] must hold one table per "
+                          "sparsity, e.g. [{key}.by_sparsity.\"0.9\"]")
+    if tables and not method_cls.uses_sparsity:
+        raise where.error(f"{key}.by_sparsity", f"[{key}.by_sparsity]: method "
+                          f"{method_cls.name!r} "
+                          "ignores the sparsity target")
+    out = {}
+    for text, table in tables.items():
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        match = [float(s) for s in sparsities if value is not None and abs(s - value) < 1e-9]
+        if not match:
+            # The key without its closing quote, so the line search finds the table header.
+            raise where.error(f'{key}.by_sparsity."{text}', f"[{key}.by_sparsity.\"{text}\"]: "
+                              "not a sparsity of the "
+                              f"grid; valid: {', '.join(f'{s:g}' for s in sparsities)}")
+        out[match[0]] = _layer(table, f"{key}.by_sparsity.{text}", where, method_cls)
+    return out
+
+
 def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
     where = _Where(path, text)
     for key in body:
@@ -200,6 +289,8 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
     for key in ("name",):
         common["data"].pop(key, None)
         common["model"].pop(key, None)
+    by_model = _scoped(body.get("by_model", {}), values["models"], "by_model", where)
+    by_dataset = _scoped(body.get("by_dataset", {}), values["datasets"], "by_dataset", where)
     method_tables = body.get("method", {})
     if not isinstance(method_tables, dict):
         raise where.error("method", "[method] must hold one table per method, e.g. [method.gmp]")
@@ -212,22 +303,37 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
             method_cls = get_method(method_name)
         except UserError as exc:
             raise where.error(exc.key or entry, str(exc)) from None
-        overrides = {key: _section(cls, table.pop(key, {}), where, f"method.{entry}.{key}")
-                     for key, cls in SECTIONS.items()}
-        hparams = _build(method_cls.Hparams, table, where, f"method.{entry}")
+        where_m = f"method.{entry}"
+        m_by_model = _scoped(table.pop("by_model", {}), values["models"],
+                             f"{where_m}.by_model", where, method_cls)
+        m_by_dataset = _scoped(table.pop("by_dataset", {}), values["datasets"],
+                               f"{where_m}.by_dataset", where, method_cls)
+        m_by_sparsity = _by_sparsity(table.pop("by_sparsity", {}), values["sparsities"],
+                                     where_m, where, method_cls)
+        own = _layer(table, where_m, where, method_cls)
         sparsities = values["sparsities"] if method_cls.uses_sparsity else [0.0]
+        hparams_cache: dict[str, Any] = {}
         for model in values["models"]:
             for dataset in values["datasets"]:
                 for seed in values["seeds"]:
                     for target in sparsities:
+                        layers = [Layer(common, {}), by_model.get(model), by_dataset.get(dataset),
+                                  own, m_by_model.get(model), m_by_dataset.get(dataset),
+                                  m_by_sparsity.get(float(target))]
                         parts = {
-                            key: _build(cls, {**common[key], **overrides[key]}, where, key)
+                            key: _build(cls, _merge(layers, key), where, key)
                             for key, cls in SECTIONS.items()
                         }
+                        hp_values = _merge(layers, None)
+                        cache_key = repr(sorted(hp_values.items()))
+                        if cache_key not in hparams_cache:
+                            hparams_cache[cache_key] = _build(method_cls.Hparams, hp_values,
+                                                              where, where_m)
                         config = RunConfig(
                             data=replace(parts["data"], name=dataset),
                             model=replace(parts["model"], name=model),
-                            method=MethodConfig(name=method_name, hparams=hparams),
+                            method=MethodConfig(name=method_name,
+                                                hparams=hparams_cache[cache_key]),
                             train=parts["train"],
                             sparsity=replace(parts["sparsity"], target=float(target)),
                             seed=seed,
