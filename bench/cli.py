@@ -42,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
     root = _root(args.root)
+    if args.preflight:
+        return _preflight(args, grid, runs)
     if args.dry_run:
         todo = {r.run_id for r in pending(runs, root)} if root.exists() else None
         for run in runs:
@@ -87,6 +89,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _report(root, Path(args.out) if args.out else root / "report")
     return 0
+
+
+def _preflight(args: argparse.Namespace, grid, runs) -> int:
+    from bench.preflight import format_report, preflight
+
+    data_root = Path(args.data_root) if args.data_root else None
+    estimates = preflight(runs, args.preflight_steps, args.preflight_batch, data_root,
+                          log=lambda line: print(line, file=sys.stderr))
+    print("\n".join(format_report(estimates, grid.name)))
+    return 1 if any(e.error for e in estimates) else 0
 
 
 def _report(root: Path, out: Path, published: Path | None = None) -> None:
@@ -276,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="filter runs: key=value,... with keys model, dataset, "
                      "method, sparsity, seed")
     run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    run.add_argument("--preflight", action="store_true", help="build every run and time a few "
+                     "steps of each distinct recipe (synthetic data of the real shape when the "
+                     "dataset is absent); print params, MACs, step time, peak memory and the "
+                     "grid's estimated device-hours; write nothing")
+    run.add_argument("--preflight-steps", type=int, default=3,
+                     help="timed steps per recipe, after one warm-up step (default 3)")
+    run.add_argument("--preflight-batch", type=int, metavar="N", help="time steps at batch "
+                     "at most N and scale per example (for CPUs that cannot hold the real batch)")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
     run.add_argument("--out", help="report folder (default ROOT/report)")

@@ -112,6 +112,7 @@ class Trainer:
         log: Callable[[str], None] = lambda _msg: None,
         progress: Callable[[int, int], None] | None = None,
         on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+        data: DataBundle | None = None,
     ):
         self.config = resolve_hparams(config)
         self.run_dir = Path(run_dir)
@@ -123,6 +124,8 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch or (lambda _history: None)
         self.ckpt_path = self.run_dir / "checkpoint.pt"
+        # Data given in place of the config's dataset (preflight trains on synthetic data).
+        self.data = data
 
     # -- construction --------------------------------------------------------------------
     def _context(self, model, masking, data, device, resuming) -> SetupContext:
@@ -148,7 +151,7 @@ class Trainer:
         cfg = self.config
         cfg.validate()
         device = resolve_device(cfg.train.device)
-        data = load_dataset(cfg.data, self.data_root)
+        data = self.data if self.data is not None else load_dataset(cfg.data, self.data_root)
         self.method = method = get_method(cfg.method.name)(cfg, cfg.method.hparams)
         state = checkpoint.load(self.ckpt_path, map_location="cpu")
         resuming = state is not None
