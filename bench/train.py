@@ -21,7 +21,7 @@ from torch import nn
 from bench import checkpoint
 from bench.config import RunConfig, TrainConfig
 from bench.data import load_dataset
-from bench.data.base import DataBundle, epoch_generator, iterate_batches, num_batches
+from bench.data.base import DataBundle, epoch_generator, num_batches
 from bench.flops import StepCost
 from bench.models import ModelMaker
 from bench.recipe import make_optimizer, set_lr, train_loss
@@ -73,8 +73,9 @@ def evaluate(model: nn.Module, data: DataBundle, train: TrainConfig,
     correct1 = correct5 = 0
     loss_sum = 0.0
     n = 0
-    for x, y in iterate_batches(data.test, train.eval_batch_size, None):
-        x, y = x.to(device), y.to(device)
+    for x, y in data.batches("test", train.eval_batch_size, None,
+                             pin_memory=device.type == "cuda"):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(train, device):
             logits = model(x)
         logits = logits.float()
@@ -136,7 +137,7 @@ class Trainer:
             # Setup data (SNIP/GraSP scores, K-FAC) comes from its own generator so it never
             # shifts the training order.
             g = torch.Generator().manual_seed(setup_seed)
-            for x, y in iterate_batches(data.train, cfg.train.batch_size, g):
+            for x, y in data.batches("train", cfg.train.batch_size, g):
                 yield x.to(device), y.to(device)
 
         return SetupContext(
@@ -151,7 +152,9 @@ class Trainer:
         cfg = self.config
         cfg.validate()
         device = resolve_device(cfg.train.device)
-        data = self.data if self.data is not None else load_dataset(cfg.data, self.data_root)
+        # In-memory datasets live on the training device: one copy, not one per batch.
+        data = (self.data if self.data is not None
+                else load_dataset(cfg.data, self.data_root)).to(device)
         self.method = method = get_method(cfg.method.name)(cfg, cfg.method.hparams)
         state = checkpoint.load(self.ckpt_path, map_location="cpu")
         resuming = state is not None
@@ -212,12 +215,13 @@ class Trainer:
                 loss_sum = torch.tensor(partial[0], dtype=torch.float64, device=device)
                 bad = torch.zeros((), dtype=torch.bool, device=device)
                 n_batches = partial[1]
-                batches = iterate_batches(data.train, phase.train.batch_size,
-                                          epoch_generator(cfg.seed, global_epoch + epoch),
-                                          data.batch_transform if cfg.data.augment else None)
-                for batch_index, (x, y) in enumerate(batches):
-                    if batch_index < skip_batches:
-                        continue  # replayed only to keep the epoch generator in step
+                # A resumed epoch starts at its first unconsumed batch; the skipped ones are
+                # not loaded (their augmentation draws are replayed to keep the generator).
+                batches = data.batches("train", phase.train.batch_size,
+                                       epoch_generator(cfg.seed, global_epoch + epoch),
+                                       data.batch_transform if cfg.data.augment else None,
+                                       start=skip_batches, pin_memory=device.type == "cuda")
+                for batch_index, (x, y) in enumerate(batches, start=skip_batches):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     if per_step_lr:
                         set_lr(optimizer, phase.train, epoch, batch_index, steps_per_epoch)

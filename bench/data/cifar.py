@@ -111,12 +111,22 @@ class PadCropFlip:
     padding: int
     fill: tuple[float, ...]
 
+    def draw(self, batch_size: int, generator: torch.Generator):
+        """Row offsets, column offsets and flips of a batch, in that order, on the CPU."""
+        span = 2 * self.padding + 1
+        oy = torch.randint(0, span, (batch_size,), generator=generator)
+        ox = torch.randint(0, span, (batch_size,), generator=generator)
+        flip = torch.randint(0, 2, (batch_size,), generator=generator).bool()
+        return oy, ox, flip
+
+    def advance(self, batch_size: int, generator: torch.Generator) -> None:
+        """Consume the draws of a skipped batch (resume mid-epoch without loading it)."""
+        self.draw(batch_size, generator)
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.padding
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-        flip = torch.randint(0, 2, (b,), generator=generator).bool()
+        oy, ox, flip = self.draw(b, generator)
         fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
         padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
         padded[:, :, p : p + h, p : p + w] = x

@@ -9,10 +9,10 @@
 
 Transforms are torchvision's standard ones. ImageNet: train ``RandomResizedCrop(224)`` +
 ``RandomHorizontalFlip``; eval ``Resize(256)`` + ``CenterCrop(224)``. With ``augment = false``
-the train set gets the eval transform. These per-image transforms draw from torch's *global*
-RNG (in the DataLoader workers, seeded from it too), not from the batch generator, so exact
-resume of an augmented ImageNet run relies on the trainer restoring torch's global RNG state
-from the checkpoint.
+the train set gets the eval transform. These per-image transforms draw from torch's global
+RNG; ``bench.data.base.iterate_batches`` seeds it for each sample from (run seed, epoch, sample
+index) inside the DataLoader worker that decodes it, so an augmented image does not depend on
+the number of workers, and a resumed run sees the same images as an uninterrupted one.
 
 Tiny-ImageNet images are all 64x64, so its augmentation (random crop 64 with 4-pixel padding +
 horizontal flip, as in ``alecwangcq/GraSP utils/data_utils.py``) runs as a batch transform
