@@ -311,6 +311,12 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
         m_by_sparsity = _by_sparsity(table.pop("by_sparsity", {}), values["sparsities"],
                                      where_m, where, method_cls)
         own = _layer(table, where_m, where, method_cls)
+        if getattr(method_cls, "needs_width", False):  # thin dense sizes the model's widths
+            for model in values["models"]:
+                spec = get_model_spec(model)
+                if not spec.has_width:
+                    raise where.error(entry, f"method {entry!r} needs a model with width "
+                                             f"groups; {model} has none: {spec.no_width_reason}")
         sparsities = values["sparsities"] if method_cls.uses_sparsity else [0.0]
         hparams_cache: dict[str, Any] = {}
         for model in values["models"]:

@@ -308,6 +308,8 @@ class ThinDense(Method):
     distributions = ("uniform",)
     # The target decides the width; training itself uses no masks.
     uses_sparsity = True
+    # Only models with width groups (bench.models) can be thinned; a grid checks it up front.
+    needs_width = True
 
     def __init__(self, config, hparams):
         super().__init__(config, hparams)
@@ -316,7 +318,7 @@ class ThinDense(Method):
     def build_model(self, make_model: ModelMaker, target: float) -> nn.Module:
         if not make_model.spec.has_width:
             raise UserError(f"thin dense needs a model with width groups; "
-                            f"{make_model.name} has none")
+                            f"{make_model.name} has none: {make_model.spec.no_width_reason}")
         base = self.config.model.width
         reference = shape_only(lambda: make_model(base))
         target_params = sparse_nonzeros(reference, self.config.sparsity.layer_policy, target)

@@ -1,6 +1,13 @@
 """A small CIFAR-shaped ResNet (He et al. 2016, §4.2: 3 stages of n basic blocks, widths
 16-32-64, 1x1-conv + BN projection shortcuts where the shape changes) and torchvision's
-ResNet-50 (v1.5, stride on the 3x3 conv) for ImageNet, both built at explicit per-stage widths."""
+ResNet-50 (v1.5, stride on the 3x3 conv) for ImageNet, both built at explicit per-stage widths;
+``torchvision_resnet`` builds any torchvision ResNet (block type, blocks per stage) that way.
+
+GraSP's and EigenDamage's ResNet-32 (alecwangcq/GraSP ``models/base/resnet.py``,
+alecwangcq/EigenDamage-Pytorch ``models/resnet.py``) are ``CifarResNet(32)`` at widths 32-64-128
+and 64-128-256: the same blocks, stem and shortcuts (their ``downsample`` conv + ``bn3`` is the
+projection here), with their papers' initialisation applied after construction
+(``bench.models.inits``)."""
 
 from __future__ import annotations
 
@@ -69,12 +76,23 @@ def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
     ``width_per_group`` scales only the bottleneck's inner width, so the stages are built here;
     at the default planes and 3 input channels the model, its initialisation included, is
     torchvision's ``resnet50()`` (tested), and every width gets the same init scheme."""
-    # Imported here: torchvision is slow to import and only ResNet-50 needs it.
-    from torchvision.models.resnet import Bottleneck, ResNet
+    # Imported here: torchvision is slow to import and only the ResNet-50s need it.
+    from torchvision.models.resnet import Bottleneck
+
+    return torchvision_resnet(Bottleneck, (3, 4, 6, 3), num_classes, input_shape, channels)
+
+
+def torchvision_resnet(block: type, layers: Sequence[int], num_classes: int,
+                       input_shape: Sequence[int], channels: Sequence[int],
+                       width_per_group: int = 64) -> nn.Module:
+    """torchvision's ``ResNet(block, layers)`` with the four stages at ``channels`` planes and
+    the stem at stage 1's planes (see ``resnet50``); at planes 64-128-256-512 and 3 input
+    channels it is torchvision's model, initialisation included (same draws, same order)."""
+    from torchvision.models.resnet import ResNet
 
     planes = tuple(channels)
 
-    class ResNet50(ResNet):
+    class ThinResNet(ResNet):
         def __init__(self):
             nn.Module.__init__(self)
             # What torchvision's ResNet.__init__ sets up, in its order (the order of RNG draws).
@@ -82,17 +100,17 @@ def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
             self.inplanes = planes[0]
             self.dilation = 1
             self.groups = 1
-            self.base_width = 64
+            self.base_width = width_per_group
             self.conv1 = nn.Conv2d(input_shape[0], self.inplanes, 7, 2, 3, bias=False)
             self.bn1 = nn.BatchNorm2d(self.inplanes)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.layer1 = self._make_layer(Bottleneck, planes[0], 3)
-            self.layer2 = self._make_layer(Bottleneck, planes[1], 4, stride=2)
-            self.layer3 = self._make_layer(Bottleneck, planes[2], 6, stride=2)
-            self.layer4 = self._make_layer(Bottleneck, planes[3], 3, stride=2)
+            self.layer1 = self._make_layer(block, planes[0], layers[0])
+            self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
+            self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
+            self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(planes[3] * Bottleneck.expansion, num_classes)
+            self.fc = nn.Linear(planes[3] * block.expansion, num_classes)
             # torchvision's initialisation (He et al. fan-out for convolutions, BN 1/0), so
             # thin and full-width models start from the same scheme.
             for m in self.modules():
@@ -102,4 +120,4 @@ def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
                     nn.init.constant_(m.weight, 1)
                     nn.init.constant_(m.bias, 0)
 
-    return ResNet50()
+    return ThinResNet()
