@@ -259,7 +259,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         from bench.models import MODELS
 
         for name, spec in sorted(MODELS.items()):
-            print(f"{name:14s} {spec.description}")
+            print(f"{name:20s} {spec.description}")
+        print(f"{'tv:NAME':20s} any torchvision classification model, e.g. tv:resnet18 "
+              f"(thin dense: tv: ResNets only)")
     elif args.what == "datasets":
         from bench.data import DATASETS
 

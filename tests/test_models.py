@@ -237,3 +237,14 @@ def test_thin_dense_with_a_model_without_width_groups_is_a_grid_error(tmp_path):
     assert len(lines) == 1 and "method 'thin_dense' needs a model with width groups; " \
         "tv:mobilenet_v2 has none: torchvision exposes no per-layer channel counts" in lines[0]
     assert not (tmp_path / "root").exists()
+
+
+def test_list_models_shows_every_registered_model_and_tv(capsys):
+    from bench.cli import main
+    from bench.models import MODELS
+
+    assert main(["list", "models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [*sorted(MODELS), "tv:NAME"]
+    assert {"wrn28_2", "wrn22_2", "vgg19_grasp", "vgg16_grasp", "resnet32_grasp",
+            "resnet32_eigendamage", "mobilenet_v1"} <= set(MODELS)
