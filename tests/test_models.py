@@ -117,6 +117,33 @@ def test_wrn28_2_is_dsrs_preactivation_network():
             assert torch.equal(block(inp), branch + skip)
 
 
+def _wrn_params(depth: int, c1: int, c2: int, c3: int, classes: int = 10) -> int:
+    """WRN parameters written from DSR's model.py: 16-channel 3x3 stem on RGB; per block BN(c_in),
+    3x3 c_in->c_out, BN(c_out), 3x3 c_out->c_out, and a 1x1 shortcut on each stage's first
+    block; final BN and Linear."""
+    n = (depth - 4) // 6
+    total = 27 * 16
+    c_in = 16
+    for c_out in (c1, c2, c3):
+        for i in range(n):
+            total += 2 * c_in + 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out
+            total += c_in * c_out if i == 0 else 0
+            c_in = c_out
+    return total + 2 * c3 + c3 * classes + classes
+
+
+@pytest.mark.parametrize(("name", "depth"), [("wrn28_2", 28), ("wrn22_2", 22)])
+def test_wrn_widths_scale_the_stages_and_keep_the_16_channel_stem(name, depth):
+    assert _wrn_params(28, 32, 64, 128) == 1_467_610 and _wrn_params(22, 32, 64, 128) == 1_079_642
+    with torch.device("meta"):
+        thin = build_model(name, 10, (3, 32, 32), channels=(16, 40, 100))
+        half = build_model(name, 10, (3, 32, 32), 0.5)
+    assert thin.conv1.out_channels == half.conv1.out_channels == 16
+    assert sum(p.numel() for p in thin.parameters()) == _wrn_params(depth, 16, 40, 100)
+    # Width 0.5 of WRN-d-2 is WRN-d-1 plus stage 1's 16x16 shortcut conv (see bench/models/wrn).
+    assert sum(p.numel() for p in half.parameters()) == _wrn_params(depth, 16, 32, 64)
+
+
 def test_wrn22_2_applies_rigls_dropout_in_training_only():
     torch.manual_seed(0)
     model = build_model("wrn22_2", 10, (3, 32, 32))

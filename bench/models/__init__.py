@@ -96,7 +96,7 @@ def _with_init(model: nn.Module, init) -> nn.Module:
 CIFAR10 = (10, (3, 32, 32))
 MNIST = (10, (1, 28, 28))
 IMAGENET = (1000, (3, 224, 224))
-WRN_GROUPS = (("stem", 16), ("stage1", 32), ("stage2", 64), ("stage3", 128))
+WRN_GROUPS = (("stage1", 32), ("stage2", 64), ("stage3", 128))  # the stem stays at 16
 VGG_GROUPS = tuple((f"stage{i + 1}", w) for i, w in enumerate(VGG_STAGE_WIDTHS))
 MOBILENET_GROUPS = (("stem", STEM_WIDTH),
                     *((f"pw{i + 1}", w) for i, (w, _) in enumerate(MOBILENET_BLOCKS)))

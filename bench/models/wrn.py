@@ -14,11 +14,16 @@ WRN-28-2 (DSR, 1,467,610 params, 214,353,152 MACs on CIFAR-10) and WRN-22-2 (Rig
 google-research/rigl ``rigl/cifar_resnet/resnet_model.py``, 1,079,642 params; RigL trains it with
 dropout 0.3 between the two convs of a block, which this module applies when asked).
 
-Which block has a shortcut conv is fixed by the block's position (the first block of each
-stage), not by comparing the built widths: both registered models have widen factor 2, where
-every stage's first block changes width, and fixing it keeps the architecture (and the thin-dense
-parameter polynomial) the same at every per-group channel count, even when two groups happen to
-get equal widths.
+Width groups are the three stages; the stem stays at 16 channels at every width, as in WRN-d-k
+for every k and in DSR's thin-dense runs (``experiments/wrnet_experiments.yaml``: the same model
+at ``--widen-factor`` 0.75 ... 1.47, which scales the stages only).
+
+Deviation: which block has a shortcut conv is fixed by the block's position (the first block of
+each stage), not by comparing the built widths as DSR's ``equalInOut`` does. At the registered
+widths both rules agree (every stage's first block changes width); they differ only where stage
+1 is built at exactly 16 channels (DSR's widen factor 0.98 drops that block's 16x16 shortcut
+conv, 256 weights). Fixing it keeps the architecture, and the parameter count thin dense solves
+as a polynomial of the widths, the same at every channel count.
 """
 
 from __future__ import annotations
@@ -50,18 +55,22 @@ class PreActBlock(nn.Module):
         return h + (self.shortcut(a) if self.shortcut is not None else x)
 
 
+STEM_WIDTH = 16
+
+
 class WideResNet(nn.Module):
-    """``channels`` = (stem, stage1, stage2, stage3) widths; WRN-d-k has (16, 16k, 32k, 64k).
-    Identity shortcuts tie every block of a stage to the stage's width; the shortcut conv of a
-    stage's first block decouples it from the previous stage (and stage 1 from the stem)."""
+    """``channels`` = (stage1, stage2, stage3) widths; WRN-d-k has (16k, 32k, 64k) after a
+    16-channel stem. Identity shortcuts tie every block of a stage to the stage's width; the
+    shortcut conv of a stage's first block decouples it from the previous stage (and stage 1
+    from the stem)."""
 
     def __init__(self, depth: int = 28, num_classes: int = 10, input_shape=(3, 32, 32),
-                 channels: Sequence[int] = (16, 32, 64, 128), dropout: float = 0.0):
+                 channels: Sequence[int] = (32, 64, 128), dropout: float = 0.0):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError("Wide ResNet depth must be 6n + 4")
         n = (depth - 4) // 6
-        stem, *stages = channels
+        stem, stages = STEM_WIDTH, tuple(channels)
         self.conv1 = nn.Conv2d(input_shape[0], stem, 3, 1, 1, bias=False)
         blocks: list[nn.Module] = []
         c_in = stem
