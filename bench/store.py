@@ -135,9 +135,40 @@ def result_row(folder: Path, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def config_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's whole config flattened to dotted columns: ``train.lr``, ``sparsity.target``,
+    ``model.width``, ``seed``; a method's hyperparameters drop the ``hparams`` level
+    (``method.drop_fraction``). Lists become tuples so the columns can be grouped on."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = tuple(value) if isinstance(value, list) else value
+
+    for section, value in config.items():
+        if section == "method" and isinstance(value, dict):
+            walk("method", {k: v for k, v in value.items() if k != "hparams"})
+            walk("method", value.get("hparams") or {})
+        else:
+            walk(section, value)
+    return out
+
+
 def load(root: Path):
-    """All results under `root` as one tidy DataFrame, one row per run, columns ``COLUMNS``."""
+    """All results under `root` as one tidy DataFrame, one row per run (failed runs included,
+    ``status`` says which): the columns ``COLUMNS`` (metrics and achieved counts from
+    result.json), then the run's config flattened by ``config_columns``, sorted by name
+    (``data.name``, ``method.end_fraction``, ``train.lr``, ...; NaN where a run's method has no
+    such hyperparameter)."""
     import pandas as pd
 
-    rows = [result_row(folder, result) for folder, result in iter_results(root)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    rows, flat = [], []
+    for folder, result in iter_results(root):
+        rows.append(result_row(folder, result))
+        flat.append(config_columns(result.get("config") or {}))
+    extra = sorted({key for row in flat for key in row} - set(COLUMNS))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return pd.concat([frame, pd.DataFrame(flat, columns=extra, index=frame.index)], axis=1)

@@ -155,10 +155,13 @@ def test_accuracy_md_rows_cols_and_failed_cells(built):
     assert cells["gmp"]["90%"] == f"{_top1('gmp', 0.9, 0):.2f} (n=1, 1 failed)"
     assert cells["static-erk"]["50%"].endswith("(n=2)")
     assert cells["static"]["90%"].endswith("(n=3)")
-    # The CSV holds the same cells; the LaTeX table has one line per method.
-    csv = pd.read_csv(folder / "accuracy.csv", index_col="method", keep_default_na=False)
-    assert csv.loc["set-dsr", "90%"] == "failed (n=1)"
-    assert csv.loc["dense", "0%"] == cells["dense"]["0%"]
+    # The CSV holds the same cells as numbers; the LaTeX table has one line per method.
+    csv = pd.read_csv(folder / "accuracy.csv").set_index(["method", "target_sparsity"])
+    assert (csv.loc[("set-dsr", 0.9), "n"], csv.loc[("set-dsr", 0.9), "n_failed"]) == (0, 1)
+    assert np.isnan(csv.loc[("set-dsr", 0.9), "top1_mean"])
+    assert csv.loc[("dense", 0.0), "top1_mean"] == pytest.approx(dense.mean(), rel=1e-12)
+    assert csv.loc[("dense", 0.0), "top1_std"] == pytest.approx(dense.std(ddof=1), rel=1e-12)
+    assert csv.loc[("dense", 0.0), "top1_max"] == dense.max()
     tex = (folder / "accuracy.tex").read_text()
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
     assert len(body) == 5 and body[0].startswith("dense & ") and r"$\pm$" in body[0]

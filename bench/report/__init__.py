@@ -1,16 +1,19 @@
 """`sparsebench report`: aggregate every result.json under a root over seeds and write, per
-(model, dataset), tables (Markdown, CSV, LaTeX), accuracy plots (PNG, SVG), layer-density plots,
-and an index ``<out>/README.md``.
+(model, dataset), tables (Markdown, CSV, LaTeX), figures (PNG, SVG, PDF), a Markdown index
+``<out>/README.md`` and the whole report as one static page ``<out>/index.html``.
 
 Layout (names are fixed so links and scripts can rely on them)::
 
-    <out>/README.md, results.csv (all aggregated cells), runs.csv (one row per run)
+    <out>/index.html                  one page: tables (sortable), figures, leaderboard, curves
+    <out>/README.md, results.csv (all aggregated cells, numeric), runs.csv (one row per run)
     <out>/leaderboard.md                            methods ranked per target sparsity
-    <out>/<model>-<dataset>/accuracy.{md,csv,tex}   method x target sparsity, mean ± std (n)
+    <out>/<model>-<dataset>/accuracy.{md,tex}       method x target sparsity, mean ± std (n)
+    <out>/<model>-<dataset>/accuracy.csv            the same as numbers: mean, std, n, min, max
     <out>/<model>-<dataset>/summary.{md,csv,tex}    long form: achieved sparsity, params, MACs
-    <out>/<model>-<dataset>/params.{png,svg}        accuracy vs achieved nonzero params
-    <out>/<model>-<dataset>/macs.{png,svg}          accuracy vs achieved MACs
-    <out>/<model>-<dataset>/layers-s<pct>.png       per-layer density, one per target sparsity
+    <out>/<model>-<dataset>/{params,macs,train_flops}.{png,svg,pdf}   accuracy vs cost, 6.9 in
+    <out>/<model>-<dataset>/{params,macs,train_flops}-1col.{png,pdf}  the same at 3.3 in
+    <out>/<model>-<dataset>/curves-s<pct>.{png,svg,pdf}   test top-1 / train loss per epoch
+    <out>/<model>-<dataset>/layers-s<pct>.{png,svg,pdf}   per-layer density heatmap
 
 Published numbers (``baselines/published.toml``, see bench.report.published) appear as extra,
 labelled rows of the accuracy tables, hollow points on the plots and unranked rows of the
@@ -22,6 +25,7 @@ failure never leaves a half-written report (an existing one stays as it was).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,8 +37,11 @@ from bench import store
 from bench.errors import UserError
 from bench.report import published as published_numbers
 from bench.report.aggregate import aggregate, mixed_settings, normalise, pct, section_dir
-from bench.report.leaderboard import leaderboard
-from bench.report.plots import plot_accuracy, plot_layers
+from bench.report.html import Section as HtmlSection
+from bench.report.html import page
+from bench.report.leaderboard import RANKING, leaderboard, section
+from bench.report.numeric import accuracy_frame, with_ranges
+from bench.report.plots import plot_accuracy, plot_curves, plot_layers, styles
 from bench.report.tables import accuracy_table, to_markdown, write_accuracy, write_summary
 
 __all__ = ["write_report", "aggregate"]
@@ -57,7 +64,7 @@ def write_report(root: Path, out: Path, published: Path | None = None) -> list[P
     except OSError as exc:
         raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     try:
-        written = _build(runs, tmp, root, entries)
+        written = _build(runs, tmp, root, entries, out)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the report is meant to be shared
         _publish(tmp, out)
     except BaseException:
@@ -81,45 +88,112 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries) -> list[Path]:
+def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries, out: Path) -> list[Path]:
     agg = aggregate(runs)
     written = [tmp / "results.csv", tmp / "runs.csv", tmp / "leaderboard.md"]
-    agg.to_csv(written[0], index=False, float_format="%.17g")
+    with_ranges(agg, runs).to_csv(written[0], index=False, float_format="%.17g")
     runs.to_csv(written[1], index=False)
-    sections = []
+    sections, pages = [], []
+    rows = normalise(runs)
     for (model, dataset), sub in agg.groupby(["model", "dataset"], sort=True):
         folder = tmp / section_dir(model, dataset)
         folder.mkdir()
         title = f"{model} on {dataset}"
         pub = published_numbers.for_section(entries, model, dataset)
+        mine = rows[(rows["model"] == model) & (rows["dataset"] == dataset)]
         files = write_accuracy(sub, folder, title, pub) + write_summary(sub, folder, title)
-        files += plot_accuracy(sub, "params", folder / "params", title, pub)
-        files += plot_accuracy(sub, "macs", folder / "macs", title, pub)
-        files += _layer_plots(runs, sub, model, dataset, folder, title)
+        # The CSV is numbers (mean, std, n, min, max columns), not the Markdown cells.
+        accuracy_frame(sub, mine, pub).to_csv(folder / "accuracy.csv", index=False,
+                                             float_format="%.17g")
+        style = styles(sub.loc[~sub["is_dense"].astype(bool), "method_label"])
+        html_section = HtmlSection(model, dataset, sub, mine, pub,
+                                   leaderboard_md="\n".join(section(sub, title, pub)))
+        for axis in ("params", "macs", "train_flops"):
+            made = plot_accuracy(sub, axis, folder / axis, title, pub, style)
+            files += made
+            if made:
+                html_section.figures[axis] = _rel(folder / f"{axis}.svg", tmp)
+        for target, paths in _layer_plots(mine, sub, folder, title):
+            files += paths
+            html_section.layers.append((target, _rel(paths[0].with_suffix(".svg"), tmp)))
+        for target, paths in _curve_plots(mine, sub, folder, title, style):
+            files += paths
+            html_section.curves.append((target, _rel(paths[0].with_suffix(".svg"), tmp)))
+        html_section.files = [_rel(p, tmp) for p in files if p.suffix in (".md", ".csv", ".tex")]
         written += files
         sections.append((model, dataset, sub, files, pub))
+        pages.append(html_section)
     written[2].write_text(leaderboard([(f"{m} on {d}", s, p) for m, d, s, _, p in sections]))
     readme = tmp / "README.md"
     readme.write_text(_index(runs, root, sections, tmp))
-    return [readme, *written]
+    index = tmp / "index.html"
+    index.write_text(page(pages, out, root, RANKING, mixed_settings(runs)))
+    return [readme, index, *written]
 
 
-def _layer_plots(runs, sub, model, dataset, folder, title) -> list[Path]:
-    df = normalise(runs)
-    mine = df[(df["model"] == model) & (df["dataset"] == dataset) & (df["status"] == "ok")]
-    sparse_labels = set(sub.loc[~sub["is_dense"].astype(bool), "method_label"])
-    paths = []
-    for target in sorted(set(sub.loc[~sub["is_dense"].astype(bool), "target_sparsity"])):
-        at = mine[(mine["target_sparsity"] == target) & mine["method_label"].isin(sparse_labels)]
+def _rel(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def _ok_runs(mine: pd.DataFrame, labels, target: float) -> pd.DataFrame:
+    ok = mine[(mine["status"] == "ok") & mine["method_label"].isin(labels)]
+    return ok[ok["target_sparsity"] == target]
+
+
+def _layer_plots(mine, sub, folder, title) -> list[tuple[float, list[Path]]]:
+    sparse = sub[~sub["is_dense"].astype(bool)]
+    out = []
+    for target in sorted(set(sparse["target_sparsity"])):
         results: dict[str, list[list[dict]]] = {}
+        at = _ok_runs(mine, set(sparse["method_label"]), target)
         for label, path in sorted(zip(at["method_label"], at["path"], strict=True)):
             layers = (store.read_result(Path(path)) or {}).get("layers") or []
             if layers:
                 results.setdefault(label, []).append(layers)
         if results:
-            name = f"layers-s{target * 100:g}"
-            paths.append(plot_layers(results, target, folder / name, title))
-    return paths
+            out.append((target, plot_layers(results, target, folder / f"layers-s{target * 100:g}",
+                                            title)))
+    return out
+
+
+def _curve_plots(mine, sub, folder, title, style) -> list[tuple[float, list[Path]]]:
+    """Per target sparsity: the sparse methods' curves with the dense reference's beside
+    them, from each successful run's metrics.jsonl."""
+    dense = sub[sub["is_dense"].astype(bool)]
+    sparse = sub[~sub["is_dense"].astype(bool)]
+    dense_runs = mine[(mine["status"] == "ok") & mine["method_label"].isin(
+        set(dense["method_label"]))]
+    out = []
+    for target in sorted(set(sparse["target_sparsity"])):
+        at = pd.concat([dense_runs, _ok_runs(mine, set(sparse["method_label"]), target)])
+        histories: dict[str, list[list[dict]]] = {}
+        for label, path in sorted(zip(at["method_label"], at["path"], strict=True)):
+            records = read_metrics(Path(path))
+            if records:
+                histories.setdefault(label, []).append(records)
+        if histories:
+            paths = plot_curves(histories, target, folder / f"curves-s{target * 100:g}", title,
+                                style)
+            if paths:
+                out.append((target, paths))
+    return out
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """The per-epoch records of a run's metrics.jsonl ([] when absent); a line that does not
+    parse (a file cut short) ends the curve there."""
+    path = folder / store.METRICS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+    return records
 
 
 def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
@@ -136,6 +210,8 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         "Plot points sit at the achieved (not nominal) nonzero params / MACs; the dashed line "
         "and star are the dense model.",
         "",
+        "- [index.html](index.html): the whole report as one page (open it in a browser; "
+        "sortable tables, figures inline, every cell linked to its runs)",
         "- [leaderboard.md](leaderboard.md): methods ranked by mean top-1 at each target "
         "sparsity, with published numbers marked as such",
         "- [results.csv](results.csv): every aggregated cell, all models and datasets",
@@ -149,18 +225,20 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         lines.append("- tables: " + ", ".join(
             _links(stem, ("md", "csv", "tex"), names) for stem in ("accuracy", "summary")
         ))
-        plots = [s for s in ("params", "macs") if f"{s}.png" in names]
+        plots = [s for s in ("params", "macs", "train_flops") if f"{s}.png" in names]
         if plots:
             lines.append("- plots: " + ", ".join(
-                "accuracy vs " + _links(s, ("png", "svg"), names) for s in plots
+                f"accuracy vs {_PLOT_NAMES[s]} " + _files(s, names) for s in plots
             ))
         else:
             lines.append("- plots: none (no successful run)")
-        layer = sorted((r for r in rel if Path(r).name.startswith("layers-")), key=_layer_key)
-        if layer:
-            lines.append("- layer-wise density: " + ", ".join(
-                f"[{Path(r).stem.removeprefix('layers-s')}%]({r})" for r in layer
-            ))
+        for prefix, what in (("curves-s", "training curves"), ("layers-s", "layer-wise density")):
+            stems = sorted({Path(r).stem for r in rel if Path(r).name.startswith(prefix)},
+                           key=lambda stem, p=prefix: float(stem.removeprefix(p)))
+            if stems:
+                lines.append(f"- {what}: " + ", ".join(
+                    f"{stem.removeprefix(prefix)}% " + _files(stem, names) for stem in stems
+                ))
         lines += ["", to_markdown(accuracy_table(sub, pub), index=True)]
         if "params.png" in names:
             lines += [f"![accuracy vs nonzero params]({names['params.png']})", ""]
@@ -184,12 +262,21 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
     return "\n".join(lines)
 
 
+_PLOT_NAMES = {"params": "nonzero params", "macs": "MACs",
+               "train_flops": "training FLOPs (relative to dense)"}
+
+
+def _files(stem: str, names: dict[str, str]) -> str:
+    """'(png · svg · pdf · 1-column: png · pdf)' for the files of one figure that exist."""
+    parts = [f"[{ext}]({names[f'{stem}.{ext}']})" for ext in ("png", "svg", "pdf")
+             if f"{stem}.{ext}" in names]
+    one = [f"[{ext}]({names[f'{stem}-1col.{ext}']})" for ext in ("png", "pdf")
+           if f"{stem}-1col.{ext}" in names]
+    return "(" + " · ".join(parts + ([f"1-column: {' · '.join(one)}"] if one else [])) + ")"
+
+
 def _links(stem: str, exts: tuple[str, ...], names: dict[str, str]) -> str:
     return f"{stem} (" + " · ".join(f"[{ext}]({names[stem + '.' + ext]})" for ext in exts) + ")"
-
-
-def _layer_key(rel: str) -> float:
-    return float(Path(rel).stem.removeprefix("layers-s"))
 
 
 def _first_line(error: object, limit: int = 160) -> str:

@@ -1,0 +1,68 @@
+"""Numbers for analysis: per-cell statistics as plain numeric columns (mean, std, n, min, max),
+so a CSV loads into pandas / R / a spreadsheet without parsing strings like "42.05 ± 3.04 (n=2)".
+
+A cell is one (model, dataset, method label, target sparsity), as in
+``bench.report.aggregate.KEYS``; only successful runs enter the statistics, failed ones are
+counted in ``n_failed``. std is the sample std (ddof=1), NaN when n < 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.report.aggregate import KEYS, normalise
+from bench.report.published import Published
+
+STATS = ("mean", "std", "min", "max")
+METRICS = ("top1", "top5", "test_loss")
+
+ACCURACY_COLUMNS = ["method", "target_sparsity", "source", "n", "n_failed",
+                    "top1_mean", "top1_std", "top1_min", "top1_max"]
+
+
+def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: KEYS, n, n_failed, and ``<metric>_<stat>`` for METRICS x STATS."""
+    df = normalise(runs)
+    rows = []
+    for key, group in df.groupby(KEYS, sort=True, dropna=False):
+        ok = group[group["status"] == "ok"]
+        row = dict(zip(KEYS, key, strict=True))
+        row["n"], row["n_failed"] = len(ok), len(group) - len(ok)
+        for metric in METRICS:
+            values = ok[metric].dropna().to_numpy(dtype=float)
+            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{metric}_min"] = values.min() if len(values) else np.nan
+            row[f"{metric}_max"] = values.max() if len(values) else np.nan
+        rows.append(row)
+    columns = KEYS + ["n", "n_failed"] + [f"{m}_{s}" for m in METRICS for s in STATS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def with_ranges(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`agg` (the aggregated frame) plus ``<metric>_min`` / ``<metric>_max`` columns."""
+    stats = cell_stats(runs)
+    extra = [f"{m}_{s}" for m in METRICS for s in ("min", "max")]
+    return agg.merge(stats[KEYS + extra], on=KEYS, how="left")
+
+
+def accuracy_frame(section: pd.DataFrame, runs: pd.DataFrame,
+                   published: Sequence[Published] = ()) -> pd.DataFrame:
+    """The numeric accuracy table of one (model, dataset): our cells in the order of `section`
+    (source "ours"), then published numbers (source = the citation, n = 1, no std)."""
+    stats = cell_stats(runs).set_index(KEYS)
+    rows = []
+    for _, cell in section.iterrows():
+        s = stats.loc[tuple(cell[k] for k in KEYS)]
+        rows.append({"method": cell["method_label"], "target_sparsity": cell["target_sparsity"],
+                     "source": "ours", "n": int(s["n"]), "n_failed": int(s["n_failed"]),
+                     **{f"top1_{k}": s[f"top1_{k}"] for k in STATS}})
+    for p in published:
+        rows.append({"method": p.method, "target_sparsity": p.sparsity,
+                     "source": f"published: {p.source.citation}", "n": 1, "n_failed": 0,
+                     "top1_mean": p.top1, "top1_std": np.nan, "top1_min": p.top1,
+                     "top1_max": p.top1})
+    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
