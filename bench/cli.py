@@ -16,6 +16,8 @@ from pathlib import Path
 from bench.errors import UserError
 
 DEFAULT_ROOT = "sparsebench-runs"
+QUIET_HELP = ("print only errors and one-line summaries (no progress bars, per-run lines or "
+              "tables)")
 
 
 def _root(value: str | None) -> Path:
@@ -68,14 +70,16 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{len(todo)} to run under {root}")
     started = time.perf_counter()
     failed = 0
-    with tqdm(total=len(todo), unit="run", disable=not todo) as bar:
+    with tqdm(total=len(todo), unit="run", disable=not todo or args.quiet) as bar:
         def on_result(run, result):
             nonlocal failed
             cfg = run.config
             status = (f"top1 {result['top1']:.1f}%" if result["status"] == "ok"
                       else f"FAILED: {result['error']}")
             failed += result["status"] != "ok"
-            bar.write(f"{run.entry:14s} s={cfg.sparsity.target:<5g} seed={cfg.seed}  {status}")
+            if not args.quiet or result["status"] != "ok":
+                bar.write(f"{run.entry:14s} s={cfg.sparsity.target:<5g} seed={cfg.seed}  "
+                          f"{status}")
             bar.update(1)
 
         if args.executor == "debug":
@@ -87,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"trained {len(todo)} runs in {time.perf_counter() - started:.0f} s"
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
-        _report(root, Path(args.out) if args.out else root / "report")
+        _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet)
     return 0
 
 
@@ -101,11 +105,13 @@ def _preflight(args: argparse.Namespace, grid, runs) -> int:
     return 1 if any(e.error for e in estimates) else 0
 
 
-def _report(root: Path, out: Path, published: Path | None = None) -> None:
+def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False) -> None:
     from bench.report import write_report
 
     paths = write_report(root, out, published)
-    print(f"report: {out} ({len(paths)} files)")
+    print(f"report: {out} ({len(paths)} files; open {out / 'index.html'})")
+    if quiet:
+        return
     for path in paths:
         if path.suffix == ".md" and path.name != "README.md":
             print(f"\n{path.read_text()}")
@@ -170,6 +176,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         job = f"  job {st.job_id}" if st.job_id and st.state != "done" else ""
         detail = f"  {st.detail}" if st.detail else ""
         log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial") else ""
+        if args.quiet:
+            continue
         print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
               f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{log}")
     shown = [k for k in STATES if used_slurm or k not in ("queued", "running")]
@@ -183,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"no runs under {root}: run a grid first or pass --root DIR")
     out = Path(args.out) if args.out else root / "report"
     ensure_writable(out)
-    _report(root, out, Path(args.published) if args.published else None)
+    _report(root, out, Path(args.published) if args.published else None, quiet=args.quiet)
     return 0
 
 
@@ -221,7 +229,7 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"{src.get('root')} (git {', '.join(src.get('git') or ['?'])}); current: {root}")
     print(check.rule_line(comp))
     rows = check.table_rows(comp)
-    if rows:
+    if rows and not args.quiet:
         print(f"\n{check.format_table(rows)}\n")
     if args.out:
         from bench.store import atomic_write_text
@@ -236,11 +244,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if comp.failed else 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    # Read statically (bench.catalog): importing the registries would import torch (2-5 s).
+    from bench import catalog
+
+    if args.what == "grids":
+        for name, (description, axes) in catalog.grids().items():
+            shape = " x ".join(f"{n} {axis}" for axis, n in axes.items())
+            print(f"{name:14s} {description}  ({shape})")
+        return 0
+    listing = {"methods": catalog.methods, "models": catalog.models,
+               "datasets": catalog.datasets}[args.what]()
+    width = 20 if args.what == "models" else 14
+    for name, text in listing.items():
+        print(f"{name:{width}s} {text}")
+    if args.what == "models":
+        print(f"{'tv:NAME':20s} any torchvision classification model, e.g. tv:resnet18 "
+              f"(thin dense: tv: ResNets only)")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    """`show method NAME` describes a method; `show GRID` prints every run's resolved config."""
+    what = args.what
+    if what[0] == "method" and len(what) == 2:
+        if args.only:
+            raise UserError("--only applies to show GRID, not to show method NAME")
+        from bench.describe import describe_method
+
+        print(describe_method(what[1]))
+        return 0
+    if len(what) != 1:
+        raise UserError(f"show {' '.join(what)}: valid are `show GRID` and `show method NAME`")
     from bench.grid import load_grid, parse_only, select
     from bench.show import describe
 
-    grid = load_grid(args.grid)
+    grid = load_grid(what[0])
     runs = select(grid, parse_only(args.only))
     for run in runs:
         print("\n".join(describe(run)))
@@ -248,37 +287,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "methods":
-        from methods import REGISTRY
-
-        for name, cls in sorted(REGISTRY.items()):
-            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
-            print(f"{name:14s} {doc.splitlines()[0] if doc else ''}")
-    elif args.what == "models":
-        from bench.models import MODELS
-
-        for name, spec in sorted(MODELS.items()):
-            print(f"{name:20s} {spec.description}")
-        print(f"{'tv:NAME':20s} any torchvision classification model, e.g. tv:resnet18 "
-              f"(thin dense: tv: ResNets only)")
-    elif args.what == "datasets":
-        from bench.data import DATASETS
-
-        for name, spec in sorted(DATASETS.items()):
-            print(f"{name:14s} {spec.description}")
-    else:
-        from bench.grid import builtin_grids, load_grid
-
-        for name in sorted(builtin_grids()):
-            grid = load_grid(name)
-            print(f"{name:14s} {len(grid.runs):4d} runs  {grid.description}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from bench import __version__
+
     parser = argparse.ArgumentParser(prog="sparsebench",
                                      description="Benchmark harness for sparse training.")
+    parser.add_argument("--version", action="version", version=f"sparsebench {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train every missing run of a grid, then report")
@@ -352,21 +367,39 @@ def build_parser() -> argparse.ArgumentParser:
                      "learned (default: median over cells whose counts varied, else 0.01)")
     chk.set_defaults(func=cmd_check)
 
-    show = sub.add_parser("show", help="the fully resolved config of every run of a grid")
-    show.add_argument("grid", help="a grid TOML file or the name of a built-in grid")
+    show = sub.add_parser("show", help="show GRID: the fully resolved config of every run of "
+                          "a grid; show method NAME: a method's hyperparameters, defaults and "
+                          "source")
+    show.add_argument("what", nargs="+", metavar="GRID | method NAME",
+                      help="a grid TOML file or built-in grid name, or `method NAME`")
     show.add_argument("--only", help="filter runs as for run: key=value,...")
     show.set_defaults(func=cmd_show)
 
     lst = sub.add_parser("list", help="list methods, models, datasets or built-in grids")
     lst.add_argument("what", choices=("methods", "models", "datasets", "grids"))
     lst.set_defaults(func=cmd_list)
+
+    # --quiet after the command too (sparsebench run smoke --quiet); SUPPRESS keeps the value
+    # given before the command when it is not repeated after it.
+    for command in sub.choices.values():
+        command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help=QUIET_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`sparsebench report | head -1`): stop quietly, as a shell tool
+        # killed by SIGPIPE does. stdout goes to /dev/null so the interpreter's final flush
+        # does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     except UserError as exc:
         print(f"sparsebench: error: {exc}", file=sys.stderr)
         return 2

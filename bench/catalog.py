@@ -1,0 +1,131 @@
+"""What ``sparsebench list`` prints, read from the source files without importing them.
+
+Importing the registries (methods, models, datasets, grids) imports torch, which takes 2-5 s;
+listing names should not. So this module reads the same definitions statically with ``ast``:
+the method classes named in ``methods/__init__.py``'s ``REGISTRY`` (their ``name`` and the
+first line of their docstring), the ``ModelSpec(...)`` entries of ``bench/models/__init__.py``,
+the ``DatasetSpec(...)`` entries of ``bench/data/__init__.py``, and the built-in grid TOML
+files. tests/test_cli.py checks every listing against the imported registries, so a change to
+how a registry is written that this reader does not follow fails there, not silently here.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from functools import cache
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the pinned interpreter is 3.11
+    import tomli as tomllib
+
+BENCH = Path(__file__).resolve().parent
+METHODS = BENCH.parent / "methods"
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _first_line(doc: str | None) -> str:
+    doc = (doc or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _module_file(module: str) -> Path:
+    parts = module.split(".")
+    base = BENCH.parent.joinpath(*parts)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _imports(tree: ast.Module) -> dict[str, str]:
+    """Imported name -> the module it comes from (``from a.b import C``)."""
+    return {alias.asname or alias.name: node.module
+            for node in tree.body if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names}
+
+
+def _find_class(module: str, name: str, depth: int = 0) -> tuple[ast.ClassDef, ast.Module]:
+    """The class `name` as defined in `module` or in the module it re-exports it from."""
+    tree = _tree(_module_file(module))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node, tree
+    source = _imports(tree).get(name)
+    if source is None or depth > 4:
+        raise LookupError(f"class {name} not found in {module}")
+    return _find_class(source, name, depth + 1)
+
+
+def _class_attr(cls: ast.ClassDef, attr: str):
+    for node in cls.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == attr and node.value is not None:
+            return ast.literal_eval(node.value)
+    return None
+
+
+@cache
+def methods() -> dict[str, str]:
+    """Registry name -> the first line of the class's docstring (else its module's)."""
+    tree = _tree(METHODS / "__init__.py")
+    imports = _imports(tree)
+    classes: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.comprehension) and isinstance(node.iter, ast.Tuple):
+            classes += [e.id for e in node.iter.elts if isinstance(e, ast.Name)]
+    out = {}
+    for cls_name in classes:
+        cls, module = _find_class(imports[cls_name], cls_name)
+        name = _class_attr(cls, "name")
+        if not name:
+            raise LookupError(f"method class {cls_name} has no literal `name`")
+        out[name] = _first_line(ast.get_docstring(cls) or ast.get_docstring(module))
+    return dict(sorted(out.items()))
+
+
+def _registry_node(path: Path, registry: str) -> ast.AST:
+    """The value assigned to the module-level name `registry` in `path`."""
+    for node in _tree(path).body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == registry and node.value is not None:
+            return node.value
+    raise LookupError(f"no {registry} = ... in {path}")
+
+
+def _specs(path: Path, registry: str, call: str) -> dict[str, str]:
+    """``Spec("name", builder, "description", ...)`` calls inside the module-level
+    ``registry = {...}`` of `path`: name -> description."""
+    out = {}
+    for node in ast.walk(_registry_node(path, registry)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == call:
+            args = {i: a for i, a in enumerate(node.args)}
+            kwargs = {k.arg: k.value for k in node.keywords}
+            name = args.get(0, kwargs.get("name"))
+            description = args.get(2, kwargs.get("description"))
+            out[ast.literal_eval(name)] = ast.literal_eval(description)
+    return dict(sorted(out.items()))
+
+
+def models() -> dict[str, str]:
+    return _specs(BENCH / "models" / "__init__.py", "MODELS", "ModelSpec")
+
+
+def datasets() -> dict[str, str]:
+    return _specs(BENCH / "data" / "__init__.py", "DATASETS", "DatasetSpec")
+
+
+def grids() -> dict[str, tuple[str, dict[str, int]]]:
+    """Built-in grid name -> (description, size of each axis)."""
+    out = {}
+    for path in sorted((BENCH / "grids").glob("*.toml")):
+        body = tomllib.loads(path.read_text())
+        axes = body.get("axes", {})
+        out[path.stem] = (str(body.get("description", "")),
+                          {k: len(v) for k, v in axes.items() if isinstance(v, list)})
+    return out
