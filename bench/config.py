@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from bench.errors import UserError
+from bench.validation import build, check, check_values, validate
 
 LAYER_POLICIES = ("all", "dense_first", "dense_last", "dense_first_last")
 DISTRIBUTIONS = ("default", "uniform", "erk", "learned")
@@ -27,10 +28,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class DataConfig:
     name: str = "mnist1d"
     # MNIST-1D generator settings (its own defaults: 5000 samples, 80% train -> 4000/1000).
-    num_samples: int = 5000
-    train_split: float = 0.8
+    # The generator's minimum (bench/data/mnist1d.py) is 10.
+    num_samples: int = field(default=5000, metadata=check(ge=10))
+    train_split: float = field(default=0.8, metadata=check(gt=0, lt=1))
     # For image datasets: train on the first `train_subset` examples only (0 = all).
-    train_subset: int = 0
+    train_subset: int = field(default=0, metadata=check(ge=0))
     augment: bool = False
 
 
@@ -38,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "mnist1d_cnn"
     # Width multiplier of the hidden layers; thin dense solves for it.
-    width: float = 1.0
+    width: float = field(default=1.0, metadata=check(gt=0))
 
 
 @dataclass(frozen=True)
@@ -50,38 +52,42 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 0.01
-    momentum: float = 0.9
+    epochs: int = field(default=20, metadata=check(ge=1))
+    batch_size: int = field(default=100, metadata=check(ge=1))
+    optimizer: str = field(default="adam", metadata=check(choices=OPTIMIZERS))
+    lr: float = field(default=0.01, metadata=check(gt=0))
+    momentum: float = field(default=0.9, metadata=check(ge=0, lt=1))
     nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
+    weight_decay: float = field(default=0.0, metadata=check(ge=0))
+    lr_schedule: str = field(default="constant", metadata=check(choices=LR_SCHEDULES))
     # For "step": epochs at which the lr is multiplied by gamma.
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    precision: str = "fp32"
+    milestones: tuple[int, ...] = field(default=(), metadata=check(ge=0))
+    gamma: float = field(default=0.1, metadata=check(gt=0))
+    precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
+    # "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N", "mps"; checked before a grid
+    # starts (bench.environment).
     device: str = "auto"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = field(default=1000, metadata=check(ge=1))
     # Intra-op threads when training on a CPU. Float reductions split by thread, so CPU results
     # are bit-identical only at the same count: it is part of the run, not of the executor.
     # Ignored on GPUs.
-    cpu_threads: int = 1
+    cpu_threads: int = field(default=1, metadata=check(ge=1))
     # Recipe knobs of the papers' grids (bench/recipe.py); the defaults are no-ops.
-    warmup_epochs: int = 0  # linear lr warm-up over the first epochs (STR: 5)
-    schedule_unit: str = "epoch"  # "step": lr recomputed every step (RigL) instead of per epoch
-    label_smoothing: float = 0.0
+    # Linear lr warm-up over the first epochs (STR: 5).
+    warmup_epochs: int = field(default=0, metadata=check(ge=0, below="epochs"))
+    # "step": lr recomputed every step (RigL) instead of per epoch.
+    schedule_unit: str = field(default="epoch", metadata=check(choices=SCHEDULE_UNITS))
+    label_smoothing: float = field(default=0.0, metadata=check(ge=0, lt=1))
     no_bn_decay: bool = False  # STR's flag: no weight decay on norm parameters and biases
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
     # Fraction of prunable weights that are zero; 0.0 = dense.
-    target: float = 0.0
-    layer_policy: str = "all"
+    target: float = field(default=0.0, metadata=check(ge=0, lt=1))
+    layer_policy: str = field(default="all", metadata=check(choices=LAYER_POLICIES))
     # "default" lets the method pick its own (uniform for static/GMP, learned for SNIP, ...).
-    distribution: str = "default"
+    distribution: str = field(default="default", metadata=check(choices=DISTRIBUTIONS))
 
 
 @dataclass(frozen=True)
@@ -91,37 +97,26 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=check(ge=0))
 
     def validate(self) -> None:
-        """Raise UserError with one clear line for any value outside its valid range."""
+        """Raise UserError with one clear line for any value its field's type and constraints
+        (``check`` metadata, bench.validation) do not accept, the method's hparams included."""
         target = self.sparsity.target
         if not 0.0 <= target < 1.0:
             raise UserError(f"sparsity {target!r} is outside [0, 1): use e.g. 0.9 for 90% zeros",
                             key="sparsities")
-        _check_choice("layer_policy", self.sparsity.layer_policy, LAYER_POLICIES)
-        _check_choice("distribution", self.sparsity.distribution, DISTRIBUTIONS)
-        _check_choice("optimizer", self.train.optimizer, OPTIMIZERS)
-        _check_choice("lr_schedule", self.train.lr_schedule, LR_SCHEDULES)
-        _check_choice("precision", self.train.precision, PRECISIONS)
-        _check_choice("schedule_unit", self.train.schedule_unit, SCHEDULE_UNITS)
-        for key in ("epochs", "batch_size", "cpu_threads"):
-            value = getattr(self.train, key)
-            if value < 1:
-                raise UserError(f"{key} {value} must be a positive integer", key=key)
-        if not 0 <= self.train.warmup_epochs < self.train.epochs:
-            raise UserError(f"warmup_epochs {self.train.warmup_epochs} must lie in "
-                            f"[0, epochs = {self.train.epochs})", key="warmup_epochs")
-        if not 0.0 <= self.train.label_smoothing < 1.0:
-            raise UserError(f"label_smoothing {self.train.label_smoothing} must lie in [0, 1)",
-                            key="label_smoothing")
-        if self.model.width <= 0:
-            raise UserError(f"model width {self.model.width} must be positive", key="width")
-
-
-def _check_choice(key: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}", key=key)
+        plain = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "method":
+                if value.hparams is not None:
+                    validate(value.hparams, f"method.{value.name}")
+            elif is_dataclass(value):
+                validate(value, f.name)
+            else:
+                plain[f.name] = value
+        check_values(RunConfig, plain, "")
 
 
 def _is_default(f: dataclasses.Field, value: Any) -> bool:
@@ -176,28 +171,9 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate a config dataclass from parsed TOML/JSON, rejecting unknown keys and
-    values of the wrong type with a UserError that names `where`."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise UserError(
-            f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(sorted(known))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        f = known[key]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif default is not None and not isinstance(value, type(default)):
-            raise UserError(
-                f"{where}.{key} = {value!r} should be a {type(default).__name__}"
-            )
-        kwargs[key] = value
-    return cls(**kwargs)
+    """Instantiate a config dataclass from parsed TOML/JSON, rejecting unknown keys and values
+    of the wrong type or out of range (bench.validation) with a UserError that names `where`."""
+    return build(cls, values, where)
 
 
 def make_hparams(hparams_cls: type, values: dict[str, Any], where: str) -> Any:

@@ -57,13 +57,13 @@ variant reproduces the "DeepR" line of the DSR paper's comparison (label ``deepr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.config import RunConfig
+from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.masking import FlatLayers
@@ -84,16 +84,17 @@ VARIANTS = ("paper", "dsr")
 
 @dataclass(frozen=True)
 class DeepRHparams:
-    variant: str = "paper"
-    l1: float = 1.0e-5
+    variant: str = field(default="paper", metadata=check(choices=VARIANTS))
+    l1: float = field(default=1.0e-5, metadata=check(ge=0))
     # Variant "paper": noise std on theta is lr * gdnoise; reactivated theta.
-    gdnoise: float = 1.0e-5
-    reconnect_value: float = 1.0e-12
+    gdnoise: float = field(default=1.0e-5, metadata=check(ge=0))
+    reconnect_value: float = field(default=1.0e-12, metadata=check(ge=0))
     # Variant "dsr": gradient noise std sqrt(2 * dsr_eta * T(step)); stop point.
-    dsr_eta: float = 0.01
-    dsr_temperatures: tuple[float, ...] = DSR_TEMPERATURES
-    dsr_temperature_fractions: tuple[float, ...] = DSR_PHASE_FRACTIONS
-    dsr_stop_fraction: float = DSR_STOP_FRACTION
+    dsr_eta: float = field(default=0.01, metadata=check(ge=0))
+    dsr_temperatures: tuple[float, ...] = field(default=DSR_TEMPERATURES, metadata=check(ge=0))
+    dsr_temperature_fractions: tuple[float, ...] = field(
+        default=DSR_PHASE_FRACTIONS, metadata=check(ge=0, le=1, same_length="dsr_temperatures"))
+    dsr_stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
 
 
 class DeepR(MaskedMethod):

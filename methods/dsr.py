@@ -42,12 +42,13 @@ steps, N_p = 20000):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.config import check
 from methods.base import MaskedMethod, SetupContext
 from methods.rewiring import (
     DSR_PERIOD_FRACTIONS,
@@ -63,12 +64,15 @@ from methods.rewiring import (
 
 @dataclass(frozen=True)
 class DSRHparams:
-    n_prune_fraction: float = DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS
-    delta: float = 0.1
-    initial_threshold: float = 1.0e-3
-    phase_fractions: tuple[float, ...] = DSR_PHASE_FRACTIONS
-    period_fractions: tuple[float, ...] = DSR_PERIOD_FRACTIONS
-    stop_fraction: float = DSR_STOP_FRACTION
+    n_prune_fraction: float = field(default=DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS,
+                                    metadata=check(gt=0, le=1))
+    delta: float = field(default=0.1, metadata=check(ge=0, lt=1))
+    initial_threshold: float = field(default=1.0e-3, metadata=check(gt=0))
+    phase_fractions: tuple[float, ...] = field(default=DSR_PHASE_FRACTIONS,
+                                               metadata=check(ge=0, le=1))
+    period_fractions: tuple[float, ...] = field(
+        default=DSR_PERIOD_FRACTIONS, metadata=check(gt=0, le=1, same_length="phase_fractions"))
+    stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
 
 
 def adjust_threshold(threshold: float, n_pruned: int, n_prune_target: int, delta: float) -> float:

@@ -20,11 +20,12 @@ take an exact per-layer top-k, so every update hits its nonzero count exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from bench.config import check
 from methods.base import MaskedMethod, SetupContext
 from methods.masking import kept_count, layer_densities, topk_mask
 
@@ -33,11 +34,13 @@ RIGL_CIFAR_STEPS = 97656
 
 @dataclass(frozen=True)
 class GMPHparams:
-    begin_fraction: float = 20000 / RIGL_CIFAR_STEPS
-    end_fraction: float = 75000 / RIGL_CIFAR_STEPS
-    frequency_fraction: float = 1000 / RIGL_CIFAR_STEPS
-    initial_sparsity: float = 0.0
-    exponent: int = 3
+    begin_fraction: float = field(default=20000 / RIGL_CIFAR_STEPS, metadata=check(ge=0, le=1))
+    end_fraction: float = field(default=75000 / RIGL_CIFAR_STEPS,
+                                metadata=check(ge=0, le=1, above="begin_fraction"))
+    frequency_fraction: float = field(default=1000 / RIGL_CIFAR_STEPS,
+                                      metadata=check(gt=0, le=1))
+    initial_sparsity: float = field(default=0.0, metadata=check(ge=0, lt=1))
+    exponent: int = field(default=3, metadata=check(ge=1))
 
 
 def cubic_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float, exponent: int) -> float:

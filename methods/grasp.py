@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from bench.config import check
 from methods.base import Batch, MaskedMethod, SetupContext
 from methods.masking import PRUNABLE_TYPES
 
@@ -39,9 +40,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class GraSPHparams:
-    samples_per_class: int = 10
-    num_iters: int = 1
-    temperature: float = 200.0
+    samples_per_class: int = field(default=10, metadata=check(ge=1))
+    num_iters: int = field(default=1, metadata=check(ge=1))
+    temperature: float = field(default=200.0, metadata=check(gt=0))
     reinit_linear: bool = True
 
 

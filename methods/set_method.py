@@ -44,13 +44,13 @@ is what the DSR paper's comparison reports as "SET", so it is offered to reprodu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.config import RunConfig
+from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.rewiring import (
@@ -72,13 +72,17 @@ VARIANT_DISTRIBUTION = {"paper": "erk", "dsr": "uniform"}
 
 @dataclass(frozen=True)
 class SETHparams:
-    variant: str = "paper"
-    zeta: float = 0.3
+    variant: str = field(default="paper", metadata=check(choices=VARIANTS))
+    zeta: float = field(default=0.3, metadata=check(ge=0, le=1))
     # Used by variant "dsr" only.
-    dsr_prune_fraction: float = DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS
-    dsr_phase_fractions: tuple[float, ...] = DSR_PHASE_FRACTIONS
-    dsr_period_fractions: tuple[float, ...] = DSR_PERIOD_FRACTIONS
-    dsr_stop_fraction: float = DSR_STOP_FRACTION
+    dsr_prune_fraction: float = field(default=DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS,
+                                      metadata=check(gt=0, le=1))
+    dsr_phase_fractions: tuple[float, ...] = field(default=DSR_PHASE_FRACTIONS,
+                                                   metadata=check(ge=0, le=1))
+    dsr_period_fractions: tuple[float, ...] = field(
+        default=DSR_PERIOD_FRACTIONS,
+        metadata=check(gt=0, le=1, same_length="dsr_phase_fractions"))
+    dsr_stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
 
 
 def keras_keep_counts(n_neg: int, n_pos: int, numel: int, zeta: float) -> tuple[int, int]:

@@ -29,19 +29,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from bench.config import check
 from methods.base import Batch, MaskedMethod, SetupContext
 from methods.masking import Masking, kept_count, layer_densities, topk_mask
 
 
 @dataclass(frozen=True)
 class SNIPHparams:
-    batch_size: int = 100
-    num_batches: int = 1
+    batch_size: int = field(default=100, metadata=check(ge=1))
+    num_batches: int = field(default=1, metadata=check(ge=1))
     independent_init: bool = True
 
 

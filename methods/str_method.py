@@ -49,12 +49,13 @@ the thresholds from -3200 (the reference's value suits 100 ImageNet epochs); a s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.config import check
 from methods.base import Method, Phase, SetupContext
 from methods.calibration import (
     CALIBRATION_SEED,
@@ -70,11 +71,11 @@ from methods.masking import MASK_BUFFER
 class STRHparams:
     s_init: float = -3200.0
     # None: calibrate for the run's target sparsity; a number: use it and skip the search.
-    weight_decay: float | None = None
-    calibration_low: float = 1e-6
-    calibration_high: float = 1e-1
-    calibration_rel_tol: float = 0.05
-    calibration_max_runs: int = 10
+    weight_decay: float | None = field(default=None, metadata=check(ge=0))
+    calibration_low: float = field(default=1e-6, metadata=check(gt=0))
+    calibration_high: float = field(default=1e-1, metadata=check(gt=0, above="calibration_low"))
+    calibration_rel_tol: float = field(default=0.05, metadata=check(gt=0))
+    calibration_max_runs: int = field(default=10, metadata=check(ge=1))
 
 
 class _SoftThreshold(torch.autograd.Function):

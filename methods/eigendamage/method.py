@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.config import MethodConfig, RunConfig, TrainConfig, run_id
+from bench.config import MethodConfig, RunConfig, TrainConfig, check, run_id
 from bench.errors import UserError
 from methods.base import Method, Phase, SetupContext
 from methods.eigendamage.kfac import FISHER_TYPES
@@ -54,22 +54,26 @@ BUDGET_SCOPES = ("prunable", "total")
 
 @dataclass(frozen=True)
 class EigenDamageHparams:
-    mode: str = "one_pass"
-    fisher_type: str = "true"  # "true": labels sampled from the model; "empirical": data labels
-    prune_ratio_limit: float = 0.95  # one-pass configs
-    iterative_prune_ratio_limit: float = 0.5  # iterative configs
-    rounds: int = 7  # iterative: the reference prunes seven times
+    mode: str = field(default="one_pass", metadata=check(choices=MODES))
+    # "true": labels sampled from the model; "empirical": data labels
+    fisher_type: str = field(default="true", metadata=check(choices=FISHER_TYPES))
+    # one-pass configs
+    prune_ratio_limit: float = field(default=0.95, metadata=check(ge=0, lt=1))
+    # iterative configs
+    iterative_prune_ratio_limit: float = field(default=0.5, metadata=check(ge=0, lt=1))
+    rounds: int = field(default=7, metadata=check(ge=1))  # iterative: the reference prunes 7x
     # Fine-tuning epochs per round; 0 = round(0.75 x the run's epochs), the reference's 150/200.
-    finetune_epochs: int = 0
-    finetune_lr: float = 1e-3
-    finetune_momentum: float = 0.9
-    finetune_weight_decay: float = 1e-4
-    lr_drops: tuple[float, ...] = (0.5, 0.75)  # fractions of the fine-tuning epochs
-    lr_gamma: float = 0.1
+    finetune_epochs: int = field(default=0, metadata=check(ge=0))
+    finetune_lr: float = field(default=1e-3, metadata=check(gt=0))
+    finetune_momentum: float = field(default=0.9, metadata=check(ge=0, lt=1))
+    finetune_weight_decay: float = field(default=1e-4, metadata=check(ge=0))
+    # fractions of the fine-tuning epochs
+    lr_drops: tuple[float, ...] = field(default=(0.5, 0.75), metadata=check(ge=0, le=1))
+    lr_gamma: float = field(default=0.1, metadata=check(gt=0))
     normalize: bool = False
     fix_rotation: bool = False
-    fisher_batches: int = 0  # 0 = one full pass over the training data
-    budget_scope: str = "prunable"
+    fisher_batches: int = field(default=0, metadata=check(ge=0))  # 0 = one full data pass
+    budget_scope: str = field(default="prunable", metadata=check(choices=BUDGET_SCOPES))
     stabilize_bn: bool = True  # re-estimate BN statistics after fine-tuning (``stablize_bn``)
 
     def __post_init__(self) -> None:
