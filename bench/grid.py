@@ -66,6 +66,7 @@ from bench.config import (
 from bench.data import get_dataset_spec
 from bench.errors import UserError
 from bench.models import get_model_spec
+from bench.validation import check_values, toml_value
 from methods import get_method
 
 AXES = ("models", "datasets", "methods", "sparsities", "seeds")
@@ -108,6 +109,9 @@ def builtin_grids() -> dict[str, Path]:
 
 def resolve_grid_path(spec: str) -> Path:
     path = Path(spec)
+    if path.is_dir():
+        raise UserError(f"grid {spec} is a directory; pass a grid TOML file or the name of a "
+                        f"built-in grid ({', '.join(sorted(builtin_grids()))})")
     if path.suffix == ".toml" or path.exists():
         if not path.exists():
             raise UserError(f"grid file {spec} does not exist")
@@ -131,6 +135,51 @@ def _line_of(text: str, key: str) -> int | None:
     return None
 
 
+def _toml_path(fragment: str) -> tuple[str, ...] | None:
+    """The key path a TOML table header or dotted key spells (quotes and dots as TOML reads
+    them), e.g. '[method."gmp-lr0.05"]' -> ("method", "gmp-lr0.05")."""
+    try:
+        node: Any = tomllib.loads(fragment)
+    except tomllib.TOMLDecodeError:
+        return None
+    keys: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        key, node = next(iter(node.items()))
+        keys.append(key)
+    return tuple(keys)
+
+
+_HEADER = re.compile(r"^\s*(\[[^\[\]]*(?:\[[^\]]*\][^\[\]]*)*\])\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+                  r"""(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+
+
+def locate(text: str, path: tuple[str, ...]) -> int | None:
+    """The line that defines `path` (a table header, a key, a dotted key), or failing that the
+    longest prefix of it that the file defines (a value inside an inline table is found at its
+    table's key)."""
+    best, best_len = None, 0
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header and not line.lstrip().startswith("[["):
+            found = _toml_path(header.group(1))
+            if found is None:
+                continue
+            table = defined = found
+        else:
+            key = _KEY.match(line)
+            if not key:
+                continue
+            keys = _toml_path(f"{key.group(1)} = 0")
+            if keys is None:
+                continue
+            defined = table + keys
+        if len(defined) > best_len and path[:len(defined)] == defined:
+            best, best_len = number, len(defined)
+    return best
+
+
 class _Where:
     """Builds 'file:line: message' errors for a grid file."""
 
@@ -141,10 +190,24 @@ class _Where:
         line = _line_of(self.text, key)
         return UserError(f"{self.path}:{line if line else 1}: {message}")
 
+    def at(self, path: tuple[str, ...], message: str) -> UserError:
+        """The error at the line that sets the key `path` (e.g. ("method", "gmp", "lr"))."""
+        line = locate(self.text, path)
+        return UserError(f"{self.path}:{line if line else 1}: {message}")
+
 
 def load_grid(spec: str) -> Grid:
     path = resolve_grid_path(spec)
-    text = path.read_text()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: the grid file is not UTF-8 text (byte "
+                        f"0x{raw[exc.start]:02x}); save it as UTF-8, as TOML requires") from None
     try:
         body = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -155,12 +218,16 @@ def load_grid(spec: str) -> Grid:
 
 
 def _section(cls: type, values: Any, where: _Where, key: str) -> dict[str, Any]:
+    """A table of `cls` fields, each value checked (type, range, choices) where it is set."""
+    path = tuple(key.split("."))
     if not isinstance(values, dict):
-        raise where.error(key, f"[{key}] must be a table")
+        raise where.at(path, f"{key} = {toml_value(values)}: expected a table [{key}]")
     known = {f.name for f in fields(cls)}
     for k in values:
         if k not in known:
-            raise where.error(k, f"unknown key {k!r} in [{key}]; valid: {', '.join(sorted(known))}")
+            raise where.at((*path, k),
+                           f"unknown key {k!r} in [{key}]; valid: {', '.join(sorted(known))}")
+    _build(cls, values, where, key)
     return dict(values)
 
 
@@ -168,6 +235,8 @@ def _build(cls: type, values: dict[str, Any], where: _Where, key: str) -> Any:
     try:
         return build_dataclass(cls, values, key)
     except UserError as exc:
+        if exc.path:
+            raise where.at(exc.path, str(exc)) from None
         raise where.error(key.split(".")[-1], str(exc)) from None
 
 
@@ -204,6 +273,12 @@ def _layer(table: Any, key: str, where: _Where, method_cls: type | None = None) 
         bad = sorted(table)[0]
         raise where.error(key, f"unknown key {bad!r} in [{key}]; valid: "
                           f"{', '.join(SECTIONS)}")
+    if method_cls is not None:
+        # Each value where it is set; rules between fields once the layers are merged.
+        try:
+            check_values(method_cls.Hparams, table, key, relations=False)
+        except UserError as exc:
+            raise where.at(exc.path or tuple(key.split(".")), str(exc)) from None
     return Layer(sections, table)
 
 
@@ -248,6 +323,39 @@ def _by_sparsity(tables: Any, sparsities: list, key: str, where: _Where,
     return out
 
 
+def _dotted_name(entry: str) -> str:
+    head, _, rest = entry.partition(".")
+    return (f"[method.{entry}] is read by TOML as table {rest!r} inside [method.{head}] (a dot "
+            f"nests tables); quote the name: [method.\"{entry}\"]")
+
+
+def _method_tables(body: dict[str, Any], entries: list[str], where: _Where) -> dict[str, dict]:
+    """The [method.NAME] tables, each a table of settings for an entry of axes.methods."""
+    tables = body.get("method", {})
+    if not isinstance(tables, dict):
+        raise where.at(("method",), "[method] must hold one table per method, e.g. "
+                       "[method.gmp]")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise where.at(("method", name), f"method.{name} = {toml_value(table)}: expected "
+                           f"a table of {name}'s settings ([method.{name}] with its "
+                           "hyperparameters and train/data/sparsity/model overrides)")
+    return tables
+
+
+def _unused_tables(tables: dict[str, dict], entries: list[str], where: _Where) -> None:
+    """A [method.NAME] table for no entry of axes.methods is a typo or a dotted name."""
+    for name in tables:
+        if name not in entries:
+            dotted = [e for e in entries if e.startswith(f"{name}.")]
+            if dotted:
+                raise where.at(("method", name, *dotted[0][len(name) + 1:].split(".")),
+                               _dotted_name(dotted[0]))
+            raise where.at(("method", name), f"[method.{name}] configures no entry of "
+                           f"axes.methods ({', '.join(entries)}): add {name!r} there or remove "
+                           "the table")
+
+
 def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
     where = _Where(path, text)
     for key in body:
@@ -265,6 +373,10 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
         if not isinstance(value, list) or not value:
             raise where.error(axis if axis in axes else "axes",
                               f"axis {axis!r} must be a non-empty list")
+        if axis in ("models", "datasets", "methods") and not all(isinstance(v, str)
+                                                                 for v in value):
+            raise where.at(("axes", axis), f"axes.{axis} = {toml_value(value)}: expected a "
+                           "list of names (strings)")
         values[axis] = value
 
     for name in values["models"]:
@@ -289,20 +401,23 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
     for key in ("name",):
         common["data"].pop(key, None)
         common["model"].pop(key, None)
+    method_tables = _method_tables(body, values["methods"], where)
     by_model = _scoped(body.get("by_model", {}), values["models"], "by_model", where)
     by_dataset = _scoped(body.get("by_dataset", {}), values["datasets"], "by_dataset", where)
-    method_tables = body.get("method", {})
-    if not isinstance(method_tables, dict):
-        raise where.error("method", "[method] must hold one table per method, e.g. [method.gmp]")
 
     runs: dict[str, GridRun] = {}
     for entry in values["methods"]:
         table = dict(method_tables.get(entry, {}))
         method_name = table.pop("method", entry)
+        if not isinstance(method_name, str):
+            raise where.at(("method", entry, "method"), f"method.{entry}.method = "
+                           f"{toml_value(method_name)}: expected the name of a registered method")
         try:
             method_cls = get_method(method_name)
         except UserError as exc:
-            raise where.error(exc.key or entry, str(exc)) from None
+            head = entry.partition(".")[0]
+            hint = f"; {_dotted_name(entry)}" if "." in entry and head in method_tables else ""
+            raise where.error(exc.key or entry, f"{exc}{hint}") from None
         where_m = f"method.{entry}"
         m_by_model = _scoped(table.pop("by_model", {}), values["models"],
                              f"{where_m}.by_model", where, method_cls)
@@ -355,8 +470,13 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
                             config.validate()
                         except UserError as exc:
                             raise where.error(exc.key or entry, str(exc)) from None
+                        try:  # the method's own rules (e.g. DeepR's variant vs distribution)
+                            method_cls(config, config.method.hparams)
+                        except UserError as exc:
+                            raise where.at(("method", entry), str(exc)) from None
                         run = GridRun(config, entry)
                         runs.setdefault(run.run_id, run)
+    _unused_tables(method_tables, values["methods"], where)
     slurm = body.get("slurm", {})
     if not isinstance(slurm, dict):
         raise where.error("slurm", "[slurm] must be a table")
@@ -376,6 +496,9 @@ def parse_only(spec: str | None) -> dict[str, str]:
         if not sep or key not in valid:
             raise UserError(f"--only takes key=value pairs separated by commas with keys "
                             f"{', '.join(valid)}; got {part!r}")
+        if key in out:
+            raise UserError(f"--only names {key} twice ({key}={out[key]} and {part.strip()}); "
+                            "give each key once")
         out[key] = value.strip()
     if "sparsity" in out:
         try:
@@ -403,6 +526,38 @@ def matches(run: GridRun, only: dict[str, str]) -> bool:
     return True
 
 
+ONLY_PLURALS = {"model": "models", "dataset": "datasets", "method": "methods",
+                "sparsity": "sparsities", "seed": "seeds"}
+
+
+def _grid_values(grid: Grid, key: str) -> list[str]:
+    """The values of `key` that the grid's runs take, as --only spells them."""
+    if key == "method":
+        names = {n for r in grid.runs for n in (r.entry, r.config.method.name)}
+        return sorted(names)
+    found = {
+        "model": lambda r: r.config.model.name, "dataset": lambda r: r.config.data.name,
+        "sparsity": lambda r: r.config.sparsity.target, "seed": lambda r: r.config.seed,
+    }[key]
+    return [f"{v:g}" if isinstance(v, float) else str(v)
+            for v in sorted({found(r) for r in grid.runs})]
+
+
 def select(grid: Grid, only: dict[str, str]) -> list[GridRun]:
-    """The runs `only` (from ``parse_only``, which checks its values) keeps."""
-    return [run for run in grid.runs if matches(run, only)]
+    """The runs `only` (from ``parse_only``, which checks its form) keeps. A value that matches
+    no run of the grid, or values that no run has together, are a UserError listing what the
+    grid holds (an empty selection is always a mistake)."""
+    for key, value in only.items():
+        if not any(matches(run, {key: value}) for run in grid.runs):
+            hint = ""
+            if key == "sparsity" and float(value) >= 1:
+                hint = f" (a fraction of zeros: {float(value) / 100:g} for {value}%)"
+            raise UserError(f"--only {key}={value} matches no run of grid {grid.name}{hint}; "
+                            f"its {ONLY_PLURALS[key]}: {', '.join(_grid_values(grid, key))}")
+    runs = [run for run in grid.runs if matches(run, only)]
+    if not runs:
+        spec = ",".join(f"{k}={v}" for k, v in only.items())
+        raise UserError(f"--only {spec} selects no run of grid {grid.name}: each value occurs, "
+                        "but no run has them all (methods that ignore the target, such as "
+                        "dense, run at sparsity 0 only)")
+    return runs

@@ -241,10 +241,11 @@ def _check_relations(cls: type, where: str, values: dict[str, Any], given: set[s
                 raise _error(where, key, bad, expected)
 
 
-def check_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check parsed values for the dataclass `cls` (unknown keys, types, ranges, choices and
-    relations, the missing fields taken at their defaults); return them coerced (int -> float,
-    list -> tuple). Raises UserError."""
+def check_values(cls: type, values: dict[str, Any], where: str,
+                 relations: bool = True) -> dict[str, Any]:
+    """Check parsed values for the dataclass `cls` (unknown keys, types, ranges, choices and,
+    with `relations`, the rules between fields, the missing fields taken at their defaults);
+    return them coerced (int -> float, list -> tuple). Raises UserError."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -255,8 +256,9 @@ def check_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any
     out = {key: _check_value(where, key, value, hints.get(key, Any),
                              known[key].metadata.get(METADATA_KEY))
            for key, value in values.items()}
-    full = {f.name: out[f.name] if f.name in out else _default(f) for f in fields(cls)}
-    _check_relations(cls, where, full, set(values))
+    if relations:
+        full = {f.name: out[f.name] if f.name in out else _default(f) for f in fields(cls)}
+        _check_relations(cls, where, full, set(values))
     return out
 
 

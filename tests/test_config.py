@@ -77,5 +77,5 @@ def test_sparsity_outside_unit_interval_is_rejected(target):
 
 
 def test_unknown_choice_lists_valid_ones():
-    with pytest.raises(UserError, match="valid: all, dense_first"):
+    with pytest.raises(UserError, match='expected one of "all", "dense_first"'):
         RunConfig(sparsity=SparsityConfig(layer_policy="most")).validate()

@@ -90,8 +90,8 @@ def test_smoke_grid_covers_every_registered_method():
         (('"mnist1d_mlp"]', '"mnist1d_mlpx"]'), r"grid.toml:3: unknown model 'mnist1d_mlpx'"),
         (("end_fraction = 0.5", "end_fractoin = 0.5"), r"grid.toml:\d+: unknown key"),
         (("epochs = 1", "epochs = 1\ncpu_threads = 0"),
-         r"grid.toml:11: cpu_threads 0 must be a positive integer"),
-        (("epochs = 1", "epochs = 0"), r"grid.toml:10: epochs 0 must be a positive integer"),
+         r"grid.toml:11: train.cpu_threads = 0: expected an integer >= 1"),
+        (("epochs = 1", "epochs = 0"), r"grid.toml:10: train.epochs = 0: expected an integer >= 1"),
     ],
 )
 def test_bad_grids_name_file_and_line(tmp_path, patch, message):

@@ -141,9 +141,9 @@ def test_new_fields_at_their_defaults_keep_run_ids():
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("warmup_epochs", 20, "warmup_epochs 20 must lie in [0, epochs = 20)"),
-    ("label_smoothing", 1.0, "label_smoothing 1.0 must lie in [0, 1)"),
-    ("schedule_unit", "batch", "unknown schedule_unit 'batch'; valid: epoch, step"),
+    ("warmup_epochs", 20, "train.warmup_epochs = 20: expected a value below epochs (20)"),
+    ("label_smoothing", 1.0, "train.label_smoothing = 1.0: expected a number in [0, 1)"),
+    ("schedule_unit", "batch", 'train.schedule_unit = "batch": expected one of "epoch", "step"'),
 ])
 def test_bad_recipe_values_are_user_errors(field, value, message):
     with pytest.raises(UserError, match=f"^{message}$".replace("[", r"\[").replace("(", r"\(")
@@ -152,9 +152,10 @@ def test_bad_recipe_values_are_user_errors(field, value, message):
 
 
 def test_trainer_uses_the_per_step_schedule_and_the_smoothed_loss(tmp_path):
-    # 600 examples at batch 50: 12 steps per epoch. lr = 0: the weights never move, so the
-    # recorded train loss is the smoothed loss of the initial model over all 600 examples.
-    config = tiny_config("dense", epochs=3, optimizer="sgd", lr=0.0, label_smoothing=0.2)
+    # 600 examples at batch 50: 12 steps per epoch. lr = 1e-300 (lr must be > 0) is 0 in
+    # float32, so the weights never move and the recorded train loss is the smoothed loss of
+    # the initial model over all 600 examples.
+    config = tiny_config("dense", epochs=3, optimizer="sgd", lr=1e-300, label_smoothing=0.2)
     result = run_one(config, tmp_path)
     torch.manual_seed(config.seed)
     model = build_model("mnist1d_cnn", 10, (40,))
