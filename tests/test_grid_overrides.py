@@ -92,7 +92,10 @@ def test_each_level_overrides_the_one_before_it(tmp_path):
      "not a sparsity of the grid; valid: 0.5, 0.9"),
     ('[method.dense.by_sparsity."0.9"]\ntrain = { lr = 1.0 }\n', 36,
      "method 'dense' ignores the sparsity target"),
-    ('[method.gmp.by_model.mnist1d_cnn]\nbogus = 1\n', 36, "unknown key(s) bogus"),
+    # Hyperparameters are checked where they are set: the key's own line.
+    ('[method.gmp.by_model.mnist1d_cnn]\nbogus = 1\n', 37, "unknown key(s) bogus"),
+    ('[method.gmp.by_model.mnist1d_cnn]\nend_fraction = 7.5\n', 37,
+     "method.gmp.by_model.mnist1d_cnn.end_fraction = 7.5: expected a number in [0, 1]"),
 ])
 def test_bad_overrides_are_one_line_errors_at_their_line(tmp_path, extra, line, message):
     path = tmp_path / "g.toml"
