@@ -38,12 +38,15 @@ def ensure_writable(root: Path) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
     from bench.launch import pending, run_debug, run_local, with_dependencies
 
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
     root = _root(args.root)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected a number of runs at once >= 1")
     if args.preflight:
         return _preflight(args, grid, runs)
     if args.dry_run:
@@ -55,14 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{state}")
         print(f"{len(runs)} runs in grid {grid.name}")
         return 0
-    ensure_writable(root)
     data_root = Path(args.data_root) if args.data_root else None
-    if args.executor == "slurm":
-        return _submit_slurm(args, grid, runs, root, data_root)
     given = [f for f in (*SLURM_FLAGS, "--sbatch")
              if getattr(args, f.lstrip("-").replace("-", "_"), None)]
-    if given:
+    if given and args.executor != "slurm":
         raise UserError(f"{given[0]} only applies to --executor slurm")
+    # Everything checkable before training, for the whole grid, before anything is written.
+    check_root(root, Path(args.out) if args.out else None)
+    check_runs(runs, data_root, devices=args.executor != "slurm")
+    if args.executor == "slurm":
+        return _submit_slurm(args, grid, runs, root, data_root)
+    ensure_writable(root)
     missing = pending(runs, root, args.retry_failed)
     # Plus the runs they reuse (EigenDamage's dense run) when --only left those out.
     todo = with_dependencies(missing, root, args.retry_failed)
@@ -75,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             nonlocal failed
             cfg = run.config
             status = (f"top1 {result['top1']:.1f}%" if result["status"] == "ok"
-                      else f"FAILED: {result['error']}")
+                      else f"FAILED: {result['error']}" if result["status"] == "failed"
+                      else f"ERROR ({result.get('error_kind')}): {result['error']}")
             failed += result["status"] != "ok"
             if not args.quiet or result["status"] != "ok":
                 bar.write(f"{run.entry:14s} s={cfg.sparsity.target:<5g} seed={cfg.seed}  "
@@ -92,7 +99,29 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
         _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet)
-    return 0
+    return _failures(grid.name, runs, root)
+
+
+def _failures(name: str, runs, root: Path) -> int:
+    """1, with a line saying how many and what to do, when any run of the selection has a
+    result that is not ok (failed now or before); else 0."""
+    from bench import store
+    from bench.run import run_folder
+
+    results = [store.read_result(run_folder(root, run.config)) for run in runs]
+    bad = [r for r in results if r is not None and r.get("status") != "ok"]
+    if not bad:
+        return 0
+    training = sum(r.get("status") == "failed" for r in bad)
+    parts = []
+    if training:
+        parts.append(f"{training} in training (rerun with --retry-failed to retry)")
+    if len(bad) > training:
+        parts.append(f"{len(bad) - training} by an error of the environment (a plain rerun "
+                     "retries)")
+    print(f"sparsebench: {len(bad)} of {len(runs)} runs of grid {name} failed: "
+          f"{'; '.join(parts)}", file=sys.stderr)
+    return 1
 
 
 def _preflight(args: argparse.Namespace, grid, runs) -> int:
@@ -116,6 +145,11 @@ def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = 
         if path.suffix == ".md" and path.name != "README.md":
             print(f"\n{path.read_text()}")
 
+
+ONLY_HELP = ("filter runs: key=value,... with keys model, dataset, method, sparsity (a fraction: "
+             "0.9), seed; each key once, each value one the grid has. method=NAME also selects "
+             "NAME's variants (method=static includes static-erk); a variant's name selects "
+             "only that variant")
 
 SLURM_FLAGS = {
     "--partition": "partition", "--account": "account", "--qos": "quality of service",
@@ -148,6 +182,7 @@ def _submit_slurm(args: argparse.Namespace, grid, runs, root: Path, data_root) -
     from bench.launch import slurm_settings, submit_slurm
 
     settings = slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
+    ensure_writable(root)
     sub = submit_slurm(runs, root, data_root, settings, retry_failed=args.retry_failed,
                        name=f"sb-{grid.name}")
     print(f"grid {grid.name}: {len(runs)} runs, {len(sub.done)} already done, "
@@ -287,11 +322,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad command-line input is one line too (argparse prints its usage first), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
-    parser = argparse.ArgumentParser(prog="sparsebench",
-                                     description="Benchmark harness for sparse training.")
+    parser = _Parser(prog="sparsebench", description="Benchmark harness for sparse training.")
     parser.add_argument("--version", action="version", version=f"sparsebench {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,8 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"output root (default $SPARSEBENCH_ROOT or ./{DEFAULT_ROOT})")
     run.add_argument("--data-root", help="dataset root (default $SPARSEBENCH_DATA or "
                      "~/.cache/sparsebench)")
-    run.add_argument("--only", help="filter runs: key=value,... with keys model, dataset, "
-                     "method, sparsity, seed")
+    run.add_argument("--only", help=ONLY_HELP)
     run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
     run.add_argument("--preflight", action="store_true", help="build every run and time a few "
                      "steps of each distinct recipe (synthetic data of the real shape when the "
@@ -332,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "missing per run, from the run folders and squeue")
     status.add_argument("grid")
     status.add_argument("--root")
-    status.add_argument("--only")
+    status.add_argument("--only", help=ONLY_HELP)
     status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="tables and plots from the results on disk")

@@ -64,9 +64,11 @@ class TrainConfig:
     milestones: tuple[int, ...] = field(default=(), metadata=check(ge=0))
     gamma: float = field(default=0.1, metadata=check(gt=0))
     precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
-    # "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N", "mps"; checked before a grid
-    # starts (bench.environment).
-    device: str = "auto"
+    # "auto" (a GPU if there is one), "cpu", "cuda", "cuda:N", "mps"; whether this machine has
+    # it is checked before a grid starts (bench.environment).
+    device: str = field(default="auto", metadata=check(
+        pattern=r"auto|cpu|mps|cuda(:\d+)?",
+        pattern_text='a device: "auto", "cpu", "cuda", "cuda:N" or "mps"'))
     eval_batch_size: int = field(default=1000, metadata=check(ge=1))
     # Intra-op threads when training on a CPU. Float reductions split by thread, so CPU results
     # are bit-identical only at the same count: it is part of the run, not of the executor.

@@ -326,7 +326,8 @@ def _by_sparsity(tables: Any, sparsities: list, key: str, where: _Where,
 def _dotted_name(entry: str) -> str:
     head, _, rest = entry.partition(".")
     return (f"[method.{entry}] is read by TOML as table {rest!r} inside [method.{head}] (a dot "
-            f"nests tables); quote the name: [method.\"{entry}\"]")
+            f"nests tables), so {entry!r} of axes.methods has no table; quote the name: "
+            f"[method.\"{entry}\"]")
 
 
 def _method_tables(body: dict[str, Any], entries: list[str], where: _Where) -> dict[str, dict]:
@@ -412,12 +413,13 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
         if not isinstance(method_name, str):
             raise where.at(("method", entry, "method"), f"method.{entry}.method = "
                            f"{toml_value(method_name)}: expected the name of a registered method")
+        head, _, rest = entry.partition(".")
+        if rest and entry not in method_tables and head in method_tables:
+            raise where.at(("method", head, *rest.split(".")), _dotted_name(entry))
         try:
             method_cls = get_method(method_name)
         except UserError as exc:
-            head = entry.partition(".")[0]
-            hint = f"; {_dotted_name(entry)}" if "." in entry and head in method_tables else ""
-            raise where.error(exc.key or entry, f"{exc}{hint}") from None
+            raise where.error(exc.key or entry, str(exc)) from None
         where_m = f"method.{entry}"
         m_by_model = _scoped(table.pop("by_model", {}), values["models"],
                              f"{where_m}.by_model", where, method_cls)

@@ -36,6 +36,7 @@ import submitit
 from bench import store
 from bench.config import from_dict, run_id, to_dict
 from bench.errors import UserError
+from bench.failures import ENVIRONMENT, retried_by_plain_rerun
 from bench.grid import GridRun
 from bench.run import run_folder, run_one
 from bench.train import Interrupted, resolve_device, resolve_hparams
@@ -59,8 +60,11 @@ def dependencies(run: GridRun) -> list[GridRun]:
 
 
 def is_done(run: GridRun, root: Path, retry_failed: bool = False) -> bool:
+    """Has a result that a rerun keeps: ok, or failed in training (unless `retry_failed`); an
+    error of the environment (bench.failures) is retried by any rerun."""
     result = store.read_result(run_folder(root, run.config))
-    return result is not None and (result.get("status") == "ok" or not retry_failed)
+    return result is not None and (result.get("status") == "ok" or not (
+        retry_failed or retried_by_plain_rerun(result)))
 
 
 def with_dependencies(runs: list[GridRun], root: Path, retry_failed: bool = False
@@ -263,8 +267,10 @@ def run_local(
             for job in [j for j in active if j.done()]:
                 run = active.pop(job)
                 finished.add(run.run_id)
+                # A process that died without a result (killed, out of memory) is the
+                # machine's failure, not the method's; nothing is on disk, so a rerun retries it.
                 result = store.read_result(run_folder(root, run.config)) or {
-                    "status": "failed", "run_id": run.run_id,
+                    "status": "error", "error_kind": ENVIRONMENT, "run_id": run.run_id,
                     "error": f"the job ended without a result; log: {job.paths.stdout}",
                 }
                 results.append(result)
@@ -630,9 +636,11 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
         result = store.read_result(folder)
         if result is not None:
             ok = result.get("status") == "ok"
+            retry = f" ({result.get('error_kind')} error; a rerun retries it)" \
+                if retried_by_plain_rerun(result) else ""
             out.append(RunStatus(run, "done" if ok else "failed", folder, job_id,
                                  None if ok else str(folder / store.LOG),
-                                 "" if ok else str(result.get("error"))))
+                                 "" if ok else f"{result.get('error')}{retry}"))
         elif job_id is not None and job_id in live:
             state = "running" if live[job_id] in RUNNING_STATES else "queued"
             out.append(RunStatus(run, state, folder, job_id, job_log,

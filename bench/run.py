@@ -22,6 +22,7 @@ import torch
 import bench
 from bench import store
 from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
+from bench.failures import classify, retried_by_plain_rerun
 from bench.flops import ModelCounts, count
 from bench.models import build_model
 from bench.store import RESULT_SCHEMA_VERSION
@@ -111,11 +112,13 @@ def run_one(
     folder = run_folder(root, config)
     existing = store.read_result(folder)
     if existing is not None:
-        if existing.get("status") == "ok" or not retry_failed:
+        if existing.get("status") == "ok" or not (retry_failed or retried_by_plain_rerun(existing)):
             return existing
-        # A retried failure starts from scratch: its checkpoint may hold the diverged state.
         (folder / store.RESULT).unlink()
-        (folder / store.CHECKPOINT).unlink(missing_ok=True)
+        if existing.get("status") != "error":
+            # A retried failure starts from scratch: its checkpoint may hold the diverged state.
+            # An error of the environment (OOM, I/O) resumes from its checkpoint.
+            (folder / store.CHECKPOINT).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / store.CONFIG).exists():
         store.atomic_write_json(folder / store.CONFIG, to_dict(config))
@@ -143,8 +146,10 @@ def run_one(
         log(f"interrupted: {stop}")
         raise
     except (Diverged, Exception) as exc:  # noqa: B014 - Diverged named for the reader
-        log("failed:\n" + traceback.format_exc())
-        result = {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+        status, kind = classify(exc)
+        log(f"{status}: {kind}\n" + traceback.format_exc())
+        result = {**base, "status": status, "error_kind": kind,
+                  "error": f"{type(exc).__name__}: {exc}",
                   "distribution": getattr(trainer, "method", None) and trainer.method.distribution,
                   "wall_time_s": time.perf_counter() - started}
         store.atomic_write_json(folder / store.RESULT, result)

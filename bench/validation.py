@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -49,6 +50,9 @@ class Check:
     above: str | None = None
     below: str | None = None
     same_length: str | None = None
+    # A string must match this regular expression (whole); `pattern_text` says it in words.
+    pattern: str | None = None
+    pattern_text: str | None = None
 
     def describe_range(self) -> str:
         lo = (f"[{_num(self.ge)}" if self.ge is not None
@@ -182,6 +186,8 @@ def _expected(tp: Any, spec: Check | None) -> str:
         return name
     if spec.choices is not None:
         return "one of " + ", ".join(json.dumps(c) for c in spec.choices)
+    if spec.pattern is not None:
+        return spec.pattern_text or f"{name} matching {spec.pattern}"
     rng = spec.describe_range()
     return f"{name} {rng}" if rng else name
 
@@ -192,20 +198,24 @@ def _error(where: str, key: str, value: Any, expected: str) -> UserError:
                      path=path)
 
 
-def _check_value(where: str, key: str, value: Any, tp: Any, spec: Check | None) -> Any:
+def _check_value(where: str, key: str, raw: Any, tp: Any, spec: Check | None) -> Any:
+    """`raw` coerced to `tp` and checked against `spec`; the error shows `raw` as written."""
     try:
-        value = _coerce(value, tp)
+        value = _coerce(raw, tp)
     except _WrongType:
-        raise _error(where, key, value, _expected(tp, spec)) from None
+        raise _error(where, key, raw, _expected(tp, spec)) from None
     if spec is None or value is None:
         return value
     if spec.choices is not None and value not in spec.choices:
-        raise _error(where, key, value, _expected(tp, spec))
+        raise _error(where, key, raw, _expected(tp, spec))
+    if spec.pattern is not None and isinstance(value, str) \
+            and not re.fullmatch(spec.pattern, value):
+        raise _error(where, key, raw, _expected(tp, spec))
     items = value if isinstance(value, tuple) else (value,)
     for item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool) \
                 and not spec.in_range(item):
-            raise _error(where, key, value, _expected(tp, spec))
+            raise _error(where, key, raw, _expected(tp, spec))
     return value
 
 

@@ -197,18 +197,17 @@ def test_requeued_and_preempted_runs_resume_to_identical_weights(
 def test_failed_jobs_show_as_failed_with_their_log(slurm_cluster, data_cache, capsys,
                                                    tmp_path):
     # One job dies before Python starts (a broken setup line); one run fails inside training
-    # (its dataset is missing). Both are "failed", each with the log that says why.
+    # (its loss diverges; a missing dataset is refused before submission). Both are "failed",
+    # each with the log that says why.
     broken = write_grid(tmp_path, "broken", methods=("dense",),
                         slurm='setup = ["echo setup failed: no such module >&2", "exit 3"]')
     root = tmp_path / "root"
-    missing_data = tmp_path / "empty-data"
-    failing = tmp_path / "nodata.toml"
-    failing.write_text(broken.read_text().replace('name = "broken"', 'name = "nodata"')
-                       .replace('datasets = ["mnist1d"]', 'datasets = ["cifar10"]')
-                       .replace('models = ["mnist1d_mlp"]', 'models = ["resnet8"]')
+    failing = tmp_path / "diverges.toml"
+    failing.write_text(broken.read_text().replace('name = "broken"', 'name = "diverges"')
+                       .replace("batch_size = 50", 'batch_size = 50\noptimizer = "sgd"\nlr = 1e30')
                        .replace('setup = ["echo setup failed: no such module >&2", "exit 3"]',
                                 ""))
-    for grid, data in ((broken, data_cache), (failing, missing_data)):
+    for grid, data in ((broken, data_cache), (failing, data_cache)):
         cli(capsys, "run", str(grid), "--root", str(root), "--data-root", str(data),
             "--executor", "slurm")
     wait_jobs_gone(root, slurm_cluster)
@@ -224,8 +223,8 @@ def test_failed_jobs_show_as_failed_with_their_log(slurm_cluster, data_cache, ca
     assert lines[-1] == "0 done, 0 queued, 0 running, 1 failed, 0 partial, 0 missing"
     assert lines[0].split()[0] == "failed"
     log = Path(lines[0].split("(log: ")[1].rstrip(")"))
-    assert log.name == LOG and "failed:" in log.read_text()
-    assert "cifar10" in lines[0]
+    assert log.name == LOG and "failed: training" in log.read_text()
+    assert "Diverged: loss became NaN/inf" in lines[0]
 
 
 def test_dependent_run_waits_for_its_dense_run(slurm_cluster, data_cache, capsys, tmp_path):

@@ -153,12 +153,25 @@ def missing_message(variant: CifarVariant, folder: Path, missing: list[str]) -> 
             f"or point --data-root / SPARSEBENCH_DATA at a folder that holds {variant.folder}/")
 
 
-def load_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> DataBundle:
+def check_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> None:
+    """Every batch file present and readable (UserError saying where we looked), without
+    reading the data: what a grid checks before it starts."""
     folder = Path(root) / variant.folder
     names = (*variant.train_files, variant.test_file)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise UserError(missing_message(variant, folder, missing))
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise UserError(f"{folder / name} is not readable ({e.strerror})") from None
+
+
+def load_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> DataBundle:
+    check_variant(variant, cfg, root)
+    folder = Path(root) / variant.folder
     parts = [read_batch(folder / n, variant.label_key, variant.num_classes)
              for n in variant.train_files]
     x_train = np.concatenate([p[0] for p in parts])
@@ -173,6 +186,14 @@ def load_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> DataBund
                          torch.from_numpy(y_test))
     transform = pad_crop_flip(variant.mean, variant.std) if cfg.augment else None
     return DataBundle(train, test, SHAPE, variant.num_classes, transform)
+
+
+def check_cifar10(cfg: DataConfig, root: Path) -> None:
+    check_variant(CIFAR10, cfg, root)
+
+
+def check_cifar100(cfg: DataConfig, root: Path) -> None:
+    check_variant(CIFAR100, cfg, root)
 
 
 def load_cifar10(cfg: DataConfig, root: Path) -> DataBundle:

@@ -121,7 +121,9 @@ def imagenet_transforms(augment: bool):
     return train, test
 
 
-def load_imagenet(cfg: DataConfig, root: Path) -> DataBundle:
+def check_imagenet(cfg: DataConfig, root: Path) -> None:
+    """The train and val folders present, train with class folders (UserError saying where we
+    looked and how to get them), without listing the images."""
     base = Path(root) / "imagenet"
     train_dir, val_dir = base / "train", base / "val"
     missing = [str(d) for d in (train_dir, val_dir) if not d.is_dir()]
@@ -133,6 +135,20 @@ def load_imagenet(cfg: DataConfig, root: Path) -> DataBundle:
             f"and run python -c \"import torchvision as tv; [tv.datasets.ImageNet('{base}', "
             f"split=s) for s in ('train', 'val')]\" to unpack them, or point --data-root / "
             f"SPARSEBENCH_DATA at a folder that holds imagenet/")
+    _readable_classes(train_dir, "imagenet")
+
+
+def _readable_classes(train_dir: Path, dataset: str) -> None:
+    try:
+        train_classes(train_dir, dataset)
+    except OSError as e:
+        raise UserError(f"{dataset}: {train_dir} is not readable ({e.strerror})") from None
+
+
+def load_imagenet(cfg: DataConfig, root: Path) -> DataBundle:
+    check_imagenet(cfg, root)
+    base = Path(root) / "imagenet"
+    train_dir, val_dir = base / "train", base / "val"
     class_to_idx = train_classes(train_dir, "imagenet")
     train_tf, test_tf = imagenet_transforms(cfg.augment)
     train = ImageFiles(subset(folder_samples(train_dir, class_to_idx, "imagenet"),
@@ -161,7 +177,9 @@ def tiny_val_samples(val_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[
     return samples
 
 
-def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
+def check_tinyimagenet(cfg: DataConfig, root: Path) -> None:
+    """The train folder and the labelled val set present (UserError saying where we looked and
+    how to get them), without listing the images."""
     base = Path(root) / "tiny-imagenet-200"
     needed = (base / "train", base / "val" / "images", base / "val" / "val_annotations.txt")
     missing = [str(p) for p in needed if not p.exists()]
@@ -170,6 +188,12 @@ def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
             f"tinyimagenet not found: looked for {', '.join(missing)}; download "
             f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it in {Path(root)}, or "
             f"point --data-root / SPARSEBENCH_DATA at a folder that holds tiny-imagenet-200/")
+    _readable_classes(base / "train", "tinyimagenet")
+
+
+def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
+    check_tinyimagenet(cfg, root)
+    base = Path(root) / "tiny-imagenet-200"
     from torchvision import transforms as T
 
     class_to_idx = train_classes(base / "train", "tinyimagenet")

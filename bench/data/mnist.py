@@ -76,7 +76,9 @@ def read_split(folder: Path, paths: dict[str, Path], split: str):
     return x.div_(255.0).sub_(MEAN).div_(STD), torch.from_numpy(labels)
 
 
-def load(cfg: DataConfig, root: Path) -> DataBundle:
+def check(cfg: DataConfig, root: Path) -> dict[str, Path]:
+    """The four IDX files, present and readable (UserError saying where we looked and how to
+    get them), without reading the data; returns their paths."""
     if cfg.augment:
         raise UserError("mnist has no train-time augmentation; set data.augment = false")
     folder = raw_folder(root)
@@ -89,6 +91,18 @@ def load(cfg: DataConfig, root: Path) -> DataBundle:
             f"download=True)\" (on a machine with network, then copy MNIST/ here), or point "
             f"--data-root / SPARSEBENCH_DATA at a folder that holds MNIST/raw/")
     paths = {k: p for k, p in found.items() if p is not None}
+    for path in paths.values():
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise UserError(f"{path} is not readable ({e.strerror})") from None
+    return paths
+
+
+def load(cfg: DataConfig, root: Path) -> DataBundle:
+    paths = check(cfg, root)
+    folder = raw_folder(root)
     x_train, y_train = read_split(folder, paths, "train")
     if cfg.train_subset:
         # Clone so the full set's memory is released.

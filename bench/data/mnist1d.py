@@ -8,6 +8,7 @@ data cannot disturb anything else in the process.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -36,12 +37,37 @@ def generate(num_samples: int, train_split: float) -> dict[str, np.ndarray]:
         np.random.set_state(np_state)
 
 
-def load(cfg: DataConfig, root: Path) -> DataBundle:
-    if cfg.num_samples < 10 or not 0.0 < cfg.train_split < 1.0:
-        from bench.errors import UserError
+def cache_path(cfg: DataConfig, root: Path) -> Path:
+    return Path(root) / "mnist1d" / f"mnist1d-n{cfg.num_samples}-split{cfg.train_split:g}.pt"
 
+
+def check(cfg: DataConfig, root: Path) -> None:
+    """Settings the generator can use, and a cache that is readable or can be written (the
+    nearest existing folder above it writable), without generating anything."""
+    from bench.errors import UserError
+
+    if cfg.num_samples < 10 or not 0.0 < cfg.train_split < 1.0:
         raise UserError("mnist1d needs num_samples >= 10 and train_split in (0, 1)")
-    path = root / "mnist1d" / f"mnist1d-n{cfg.num_samples}-split{cfg.train_split:g}.pt"
+    n_test = cfg.num_samples - int(cfg.num_samples * cfg.train_split)
+    if n_test < 1 or cfg.num_samples - n_test < 1:
+        raise UserError(f"mnist1d: num_samples = {cfg.num_samples} with train_split = "
+                        f"{cfg.train_split:g} leaves an empty train or test set")
+    path = cache_path(cfg, root)
+    if path.exists():
+        if not os.access(path, os.R_OK):
+            raise UserError(f"the MNIST-1D cache {path} is not readable")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the MNIST-1D cache under {root}: {folder} is not a "
+                        "writable folder; point --data-root / SPARSEBENCH_DATA at one")
+
+
+def load(cfg: DataConfig, root: Path) -> DataBundle:
+    check(cfg, root)
+    path = cache_path(cfg, root)
     if path.exists():
         tensors = torch.load(path, weights_only=True)
     else:

@@ -1,0 +1,83 @@
+"""What a grid needs from this machine, checked for the whole grid before any run starts: the
+output root (a writable folder, its ``runs/`` etc. folders), the data of every run (present and
+readable: ``bench.data.check_dataset``) and every run's device.
+
+Everything here reads; nothing is created. A problem is one ``UserError`` line, so ``sparsebench
+run`` exits 2 with nothing written, instead of recording each run as failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from bench.data import check_dataset
+from bench.errors import UserError
+
+# Folders the harness creates under a root; a file of that name would break every run.
+ROOT_FOLDERS = ("runs", "local", "slurm", "report", "calibration")
+
+
+def check_root(root: Path, out: Path | None = None) -> None:
+    """`root` is, or can be created as, a writable folder, and none of the folders the harness
+    writes under it (or `out`, the report folder) is a file."""
+    root = Path(root)
+    if root.exists():
+        if not root.is_dir():
+            raise UserError(f"output root {root} is a file, not a folder; pass --root DIR or set "
+                            "SPARSEBENCH_ROOT")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise UserError(f"output root {root} is not writable; pass --root DIR or set "
+                            "SPARSEBENCH_ROOT")
+        for name in ROOT_FOLDERS:
+            sub = root / name
+            if sub.exists() and not sub.is_dir():
+                raise UserError(f"{sub} is a file, but {root} keeps its {name} there in a "
+                                "folder: move the file away")
+    else:
+        parent = root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"output root {root} is not writable (cannot create it under "
+                            f"{parent}); pass --root DIR or set SPARSEBENCH_ROOT")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"report folder {out} is a file; pass --out DIR")
+
+
+def check_device(name: str) -> None:
+    """The device `name` (TrainConfig.device, already of a valid form) exists on this machine."""
+    import torch
+
+    if name in ("auto", "cpu"):
+        return
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device"
+            raise UserError(f'train.device = "{name}": this machine has no CUDA device '
+                            f'({build}); use device = "auto" or "cpu"')
+        index = device.index or 0
+        if index >= count:
+            raise UserError(f'train.device = "{name}": this machine has {count} CUDA '
+                            f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f'train.device = "{name}": MPS is not available on this machine; '
+                            'use device = "auto" or "cpu"')
+
+
+def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) -> None:
+    """Data and devices of every run (``GridRun`` or ``RunConfig``), each distinct setting once.
+    `devices` False skips the device check (SLURM: the runs train on other machines)."""
+    data_seen, devices_seen = set(), set()
+    for run in runs:
+        config = getattr(run, "config", run)
+        if config.data not in data_seen:
+            data_seen.add(config.data)
+            check_dataset(config.data, data_root)
+        if devices and config.train.device not in devices_seen:
+            devices_seen.add(config.train.device)
+            check_device(config.train.device)

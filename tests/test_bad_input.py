@@ -1,0 +1,269 @@
+"""Bad input through the command line: each case prints exactly one line on stderr, naming what
+is wrong (and where, for a grid: file:line of the offending key) and what is valid, exits 2,
+and writes nothing (the whole temporary folder, root included, is unchanged).
+
+Most cases call ``bench.cli.main`` in this process (a fresh interpreter costs seconds of torch
+import); a few run the real ``python -m bench.cli`` to cover the process boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+
+GRID = textwrap.dedent("""\
+    name = "bad"
+    [axes]
+    models = ["mnist1d_mlp"]
+    datasets = ["mnist1d"]
+    methods = ["dense", "static", "gmp", "snip", "grasp", "deepr", "str"]
+    sparsities = [0.5, 0.9]
+    seeds = [0]
+
+    [train]
+    epochs = 1
+    lr = 0.1
+    optimizer = "sgd"
+
+    [data]
+    train_subset = 300
+    """)
+# Line of `epochs = 1`; keys appended to [train] land on the lines after it.
+TRAIN_LINE = 10
+END = len(GRID.splitlines())  # a table appended to GRID starts on line END + 1
+
+
+def train(key_value: str) -> str:
+    return GRID.replace("epochs = 1\n", f"epochs = 1\n{key_value}\n")
+
+
+def table(text: str) -> str:
+    return GRID + text
+
+
+# (id, grid text or None, extra args, expected line on stderr after "sparsebench: error: ";
+#  "{grid}" stands for the grid's path).
+GRID_CASES = [
+    ("epochs-bool", GRID.replace("epochs = 1", "epochs = true"), [],
+     "{grid}:10: train.epochs = true: expected an integer >= 1"),
+    ("epochs-float", GRID.replace("epochs = 1", "epochs = 2.5"), [],
+     "{grid}:10: train.epochs = 2.5: expected an integer >= 1"),
+    ("weight-decay-string", train('weight_decay = "lots"'), [],
+     '{grid}:11: train.weight_decay = "lots": expected a number >= 0'),
+    ("lr-negative", GRID.replace("lr = 0.1", "lr = -0.1"), [],
+     "{grid}:11: train.lr = -0.1: expected a number > 0"),
+    ("lr-zero", GRID.replace("lr = 0.1", "lr = 0"), [],
+     "{grid}:11: train.lr = 0: expected a number > 0"),
+    ("gamma-negative", train("gamma = -1"), [],
+     "{grid}:11: train.gamma = -1: expected a number > 0"),
+    ("milestones-strings", train('milestones = ["a"]'), [],
+     '{grid}:11: train.milestones = ["a"]: expected a list of integers >= 0'),
+    ("momentum-above-one", train("momentum = 1.5"), [],
+     "{grid}:11: train.momentum = 1.5: expected a number in [0, 1)"),
+    ("optimizer-unknown", GRID.replace('optimizer = "sgd"', 'optimizer = "adamw"'), [],
+     '{grid}:12: train.optimizer = "adamw": expected one of "sgd", "adam"'),
+    ("schedule-unknown", train('lr_schedule = "linear"'), [],
+     '{grid}:11: train.lr_schedule = "linear": expected one of "constant", "step", "cosine"'),
+    ("cpu-threads-zero", train("cpu_threads = 0"), [],
+     "{grid}:11: train.cpu_threads = 0: expected an integer >= 1"),
+    ("device-malformed", train('device = "gpu"'), [],
+     '{grid}:11: train.device = "gpu": expected a device: "auto", "cpu", "cuda", "cuda:N" '
+     'or "mps"'),
+    ("num-samples-too-small", GRID.replace("train_subset = 300", "num_samples = 5"), [],
+     "{grid}:15: data.num_samples = 5: expected an integer >= 10"),
+    ("layer-policy-unknown", table('[sparsity]\nlayer_policy = "some"\n'), [],
+     f'{{grid}}:{END + 2}: sparsity.layer_policy = "some": expected one of "all", '
+     '"dense_first", "dense_last", "dense_first_last"'),
+    ("gmp-end-fraction", table("[method.gmp]\nend_fraction = 7.5\n"), [],
+     f"{{grid}}:{END + 2}: method.gmp.end_fraction = 7.5: expected a number in [0, 1]"),
+    ("gmp-begin-after-end", table("[method.gmp]\nbegin_fraction = 0.8\nend_fraction = 0.5\n"),
+     [], f"{{grid}}:{END + 3}: method.gmp.end_fraction = 0.5: expected a value above "
+     "begin_fraction (0.8)"),
+    ("snip-batch-size", table("[method.snip]\nbatch_size = 0\n"), [],
+     f"{{grid}}:{END + 2}: method.snip.batch_size = 0: expected an integer >= 1"),
+    ("grasp-samples-per-class", table("[method.grasp]\nsamples_per_class = 0\n"), [],
+     f"{{grid}}:{END + 2}: method.grasp.samples_per_class = 0: expected an integer >= 1"),
+    ("deepr-variant", table('[method.deepr]\nvariant = "fast"\n'), [],
+     f'{{grid}}:{END + 2}: method.deepr.variant = "fast": expected one of "paper", "dsr"'),
+    ("deepr-variant-vs-distribution",
+     table('[method.deepr]\nvariant = "dsr"\nsparsity = { distribution = "learned" }\n'), [],
+     f"{{grid}}:{END + 1}: DeepR variant 'dsr' keeps per-layer counts; distribution 'learned' "
+     "(the global constraint) needs variant 'paper'"),
+    ("str-calibration-bracket", table("[method.str]\ncalibration_high = 1e-7\n"), [],
+     f"{{grid}}:{END + 2}: method.str.calibration_high = 1e-07: expected a value above "
+     "calibration_low (1e-06, its default)"),
+    ("method-override-lr", table("[method.gmp.train]\nlr = 0\n"), [],
+     f"{{grid}}:{END + 2}: method.gmp.train.lr = 0: expected a number > 0"),
+    ("sparsity-percent", GRID.replace("[0.5, 0.9]", "[90]"), [],
+     "{grid}:6: sparsity 90 is outside [0, 1): use e.g. 0.9 for 90% zeros"),
+    ("method-table-not-a-table", GRID.replace("[axes]", "method = { gmp = 5 }\n[axes]"), [],
+     "{grid}:2: method.gmp = 5: expected a table of gmp's settings ([method.gmp] with its "
+     "hyperparameters and train/data/sparsity/model overrides)"),
+    ("dotted-variant-name",
+     GRID.replace('"str"]', '"str", "gmp-lr0.05"]')
+     + '[method.gmp-lr0.05]\nmethod = "gmp"\ntrain = { lr = 0.05 }\n', [],
+     f"{{grid}}:{END + 1}: [method.gmp-lr0.05] is read by TOML as table '05' inside "
+     "[method.gmp-lr0] (a dot nests tables), so 'gmp-lr0.05' of axes.methods has no table; "
+     'quote the name: [method."gmp-lr0.05"]'),
+    ("table-for-no-method", table("[method.snipp]\nbatch_size = 10\n"), [],
+     f"{{grid}}:{END + 1}: [method.snipp] configures no entry of axes.methods (dense, static, "
+     "gmp, snip, grasp, deepr, str): add 'snipp' there or remove the table"),
+    ("malformed-toml", GRID.replace("[data]", "[data"), [],
+     "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
+     "(at line 14, column 6)"),
+    ("only-unknown-method", GRID, ["--only", "method=gmpp"],
+     "--only method=gmpp matches no run of grid bad; its methods: deepr, dense, gmp, grasp, "
+     "snip, static, str"),
+    ("only-sparsity-percent", GRID, ["--only", "sparsity=90"],
+     "--only sparsity=90 matches no run of grid bad (a fraction of zeros: 0.9 for 90%); its "
+     "sparsities: 0, 0.5, 0.9"),
+    ("only-repeated-key", GRID, ["--only", "method=gmp,method=snip"],
+     "--only names method twice (method=gmp and method=snip); give each key once"),
+    ("only-empty-selection", GRID, ["--only", "method=dense,sparsity=0.9"],
+     "--only method=dense,sparsity=0.9 selects no run of grid bad: each value occurs, but no "
+     "run has them all (methods that ignore the target, such as dense, run at sparsity 0 "
+     "only)"),
+    ("only-unknown-key", GRID, ["--only", "colour=red"],
+     "--only takes key=value pairs separated by commas with keys model, dataset, method, "
+     "sparsity, seed; got 'colour=red'"),
+    ("jobs-zero", GRID, ["--jobs", "0"], "--jobs 0: expected a number of runs at once >= 1"),
+    ("grid-file-missing", None, [], "grid file {grid} does not exist"),
+    ("slurm-flag-locally", GRID, ["--partition", "gpu"],
+     "--partition only applies to --executor slurm"),
+]
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def check_one_line(err: str, expected: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0] == f"sparsebench: error: {expected}", lines[0]
+
+
+@pytest.mark.parametrize(("text", "args", "expected"), [c[1:] for c in GRID_CASES],
+                         ids=[c[0] for c in GRID_CASES])
+def test_bad_grid_or_flag(tmp_path, capsys, text, args, expected):
+    grid = tmp_path / "grid.toml"
+    if text is not None:
+        grid.write_text(text)
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(tmp_path)
+    code = main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root", str(data),
+                 "--executor", "debug", *args])
+    out, err = capsys.readouterr()
+    assert code == 2
+    check_one_line(err, expected.format(grid=grid))
+    assert out == ""
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_missing_dataset_is_checked_before_anything_starts(tmp_path, capsys, executor):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace('["mnist1d"]', '["cifar10"]').replace('"mnist1d_mlp"',
+                                                                         '"resnet8"'))
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(tmp_path)
+    # Under SLURM too: the check runs before anything is submitted.
+    assert main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root",
+                 str(data), "--executor", executor]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, f"cifar10 not found: looked in {data / 'cifar-10-batches-py'} (no such "
+                   f"folder); get it with python -c \"import torchvision; "
+                   f"torchvision.datasets.CIFAR10('{data}', download=True)\" (on a machine with "
+                   f"network, then copy cifar-10-batches-py/ here), or point --data-root / "
+                   f"SPARSEBENCH_DATA at a folder that holds cifar-10-batches-py/")
+    assert snapshot(tmp_path) == before
+
+
+def test_unreadable_mnist1d_cache_folder_is_checked(tmp_path, capsys):
+    # The data root is a file: the MNIST-1D cache cannot be written under it.
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    data = tmp_path / "data"
+    data.write_text("not a folder")
+    before = snapshot(tmp_path)
+    assert main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root",
+                 str(data)]) == 2
+    check_one_line(capsys.readouterr().err,
+                   f"cannot write the MNIST-1D cache under {data}: {data} is not a writable "
+                   "folder; point --data-root / SPARSEBENCH_DATA at one")
+    assert snapshot(tmp_path) == before
+
+
+def test_root_that_is_a_file(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    root = tmp_path / "root"
+    root.write_text("oops")
+    before = snapshot(tmp_path)
+    assert main(["run", str(grid), "--root", str(root)]) == 2
+    check_one_line(capsys.readouterr().err, f"output root {root} is a file, not a folder; pass "
+                   "--root DIR or set SPARSEBENCH_ROOT")
+    assert snapshot(tmp_path) == before
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_subprocess_cases(tmp_path):
+    """Through a real interpreter: a directory as grid, a grid that is not UTF-8, ROOT/runs a
+    regular file, a CUDA device this machine lacks, and an argparse error."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(GRID.replace('name = "bad"', 'name = "caf\u00e9"').encode("latin-1"))
+    cuda7 = tmp_path / "cuda7.toml"
+    cuda7.write_text(train('device = "cuda:7"'))
+    root_with_file = tmp_path / "filled"
+    root_with_file.mkdir()
+    (root_with_file / "runs").write_text("a file where the run folders go")
+    root = str(tmp_path / "root")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda_message = ('train.device = "cuda:7": this machine has no CUDA device ('
+                    + ("a CPU-only torch build" if torch.version.cuda is None
+                       else "no CUDA device") + '); use device = "auto" or "cpu"'
+                    if count == 0 else
+                    f'train.device = "cuda:7": this machine has {count} CUDA '
+                    f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+    cases = [
+        (["run", str(tmp_path), "--root", root],
+         f"grid {tmp_path} is a directory; pass a grid TOML file or the name of a built-in "
+         "grid (smoke)"),
+        (["run", str(latin1), "--root", root],
+         f"{latin1}:1: the grid file is not UTF-8 text (byte 0xe9); save it as UTF-8, as TOML "
+         "requires"),
+        (["run", str(grid), "--root", str(root_with_file)],
+         f"{root_with_file / 'runs'} is a file, but {root_with_file} keeps its runs there in a "
+         "folder: move the file away"),
+    ]
+    if count < 8:
+        cases.append((["run", str(cuda7), "--root", root], cuda_message))
+    before = snapshot(tmp_path)
+    for args, expected in cases:
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        check_one_line(proc.stderr, expected)
+        assert proc.stdout == ""
+        assert snapshot(tmp_path) == before, args
+    proc = run_cli("run", str(grid), "--jobs", "x", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["sparsebench run: error: argument --jobs: invalid int "
+                                        "value: 'x' (see sparsebench run --help)"]
