@@ -129,3 +129,33 @@ def grids() -> dict[str, tuple[str, dict[str, int]]]:
         out[path.stem] = (str(body.get("description", "")),
                           {k: len(v) for k, v in axes.items() if isinstance(v, list)})
     return out
+
+
+@cache
+def sparsity_free() -> frozenset[str]:
+    """Registered methods whose class sets ``uses_sparsity = False`` (dense): one run per
+    (model, dataset, seed) in a grid."""
+    tree = _tree(METHODS / "__init__.py")
+    imports = _imports(tree)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.comprehension) and isinstance(node.iter, ast.Tuple):
+            for e in node.iter.elts:
+                cls, _ = _find_class(imports[e.id], e.id)
+                if _class_attr(cls, "uses_sparsity") is False:
+                    out.add(_class_attr(cls, "name"))
+    return frozenset(out)
+
+
+def grid_runs(name: str) -> int:
+    """The run count of built-in grid `name` as ``bench.grid`` expands it: every entry of
+    ``methods`` once per model, dataset and seed, times the sparsities unless its method ignores
+    the target (tests/test_paper_grids.py checks it against the expansion)."""
+    body = tomllib.loads((BENCH / "grids" / f"{name}.toml").read_text())
+    axes = body["axes"]
+    tables = body.get("method", {})
+    free = sparsity_free()
+    per_target = len(axes["models"]) * len(axes["datasets"]) * len(axes["seeds"])
+    return sum(per_target * (1 if tables.get(entry, {}).get("method", entry) in free
+                             else len(axes["sparsities"])) for entry in axes["methods"])
+

@@ -284,9 +284,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench import catalog
 
     if args.what == "grids":
-        for name, (description, axes) in catalog.grids().items():
+        grids = catalog.grids()
+        width = max(map(len, grids), default=0)
+        for name, (description, axes) in grids.items():
             shape = " x ".join(f"{n} {axis}" for axis, n in axes.items())
-            print(f"{name:14s} {description}  ({shape})")
+            print(f"{name:{width}s} {catalog.grid_runs(name):4d} runs  {description}  "
+                  f"({shape})")
         return 0
     listing = {"methods": catalog.methods, "models": catalog.models,
                "datasets": catalog.datasets}[args.what]()

@@ -30,7 +30,7 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "baselines" / "published.to
 SOURCE_REQUIRED = ("citation", "paper", "table", "verified")
 SOURCE_OPTIONAL = ("protocol",)
 ENTRY_REQUIRED = ("source", "model", "dataset", "method", "sparsity", "top1")
-ENTRY_OPTIONAL = ("top5", "params", "macs", "protocol")
+ENTRY_OPTIONAL = ("top5", "params", "macs", "protocol", "row")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class Published:
     params: float | None = None
     macs: float | None = None
     protocol: str = ""
+    # The row of the source's table the number is copied from, in the source's own words.
+    row: str = ""
 
     @property
     def label(self) -> str:
@@ -202,7 +204,7 @@ def _entry(entry: Any, index: int, sources: dict[str, Source], names: dict[str, 
     for key in ENTRY_REQUIRED:
         if key not in entry:
             raise where.entry(index, None, f"missing {key!r}")
-    for key in ("source", "model", "dataset", "method", "protocol"):
+    for key in ("source", "model", "dataset", "method", "protocol", "row"):
         if key in entry and not isinstance(entry[key], str):
             raise where.entry(index, key, f"{key} must be a string")
     if entry["source"] not in sources:
@@ -232,6 +234,7 @@ def _entry(entry: Any, index: int, sources: dict[str, Source], names: dict[str, 
         method=entry["method"], sparsity=float(sparsity), top1=float(entry["top1"]),
         top5=_float(entry.get("top5")), params=_float(entry.get("params")),
         macs=_float(entry.get("macs")), protocol=entry.get("protocol", ""),
+        row=entry.get("row", ""),
     )
 
 
