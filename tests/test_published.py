@@ -215,7 +215,8 @@ def test_real_baselines_file_validates_and_holds_only_verified_numbers():
     entries = published.load()  # the repository's baselines/published.toml
     assert published.DEFAULT_PATH.name == "published.toml"
     assert published.DEFAULT_PATH.parent.name == "baselines"
-    assert {(e.model, e.dataset) for e in entries} == {("resnet50", "imagenet")}
+    assert {(e.model, e.dataset) for e in entries} == {("resnet50", "imagenet"),
+                                                       ("mobilenet_v1", "imagenet")}
     dsr = {(e.method, e.sparsity): (e.top1, e.top5, e.params) for e in entries
            if e.source.key == "dsr-icml2019"}
     # methods.md §5, ICML-2019 Table 2 (verified against the slides), params from its header.
@@ -229,14 +230,19 @@ def test_real_baselines_file_validates_and_holds_only_verified_numbers():
         ("gmp", 0.8): (73.2, 91.5, 7.3e6), ("gmp", 0.9): (70.3, 90.0, 5.1e6),
     }
     strs = {(e.method, e.sparsity): (e.top1, e.params, e.macs) for e in entries
-            if e.source.key == "str-readme"}
+            if e.source.key == "str-readme" and e.model == "resnet50"}
     assert strs == {  # methods.md §6, RAIVNLab/STR README; 81.27%'s params look like a typo
         ("dense", 0.0): (77.01, 25.6e6, 4.09e9), ("str", 0.8127): (76.12, None, 705e6),
         ("str", 0.9023): (74.31, 2.49e6, 343e6), ("str", 0.9515): (70.23, 1.24e6, 162e6),
         ("str", 0.9611): (67.78, 0.99e6, 127e6), ("str", 0.9805): (61.46, 0.50e6, 73e6),
         ("str", 0.9898): (51.82, 0.26e6, 47e6),
     }
-    assert len(entries) == len(dsr) + len(strs)
+    mobilenet = {(e.method, e.sparsity): (e.top1, e.params, e.macs) for e in entries
+                 if e.model == "mobilenet_v1"}
+    assert mobilenet == {  # RAIVNLab/STR README MobileNetV1 table (cc74d38 and 2656d79 agree)
+        ("str", 0.7528): (68.35, 1.04e6, 101e6), ("str", 0.8901): (62.10, 0.46e6, 42e6),
+    }
+    assert len(entries) == len(dsr) + len(strs) + len(mobilenet)
     assert all(e.source.verified and e.source.table and e.source.paper for e in entries)
     protocols = {e.method: e.protocol for e in entries if e.source.key == "dsr-icml2019"}
     assert "2x the epochs" in protocols["thin_dense"] and "2x the epochs" in protocols["static"]
@@ -252,7 +258,7 @@ def test_missing_default_file_means_none_but_a_named_file_must_exist(tmp_path, m
 BAD = [
     # (the entry's replacement text, expected line within the file, message fragment)
     ('method = "rigl"', 'unknown method \'rigl\'; valid: deepr, dense, dsr'),
-    ('model = "wrn28_2"', "unknown model 'wrn28_2'"),
+    ('model = "wrn40_4"', "unknown model 'wrn40_4'"),
     ('dataset = "imagenet21k"', "unknown dataset 'imagenet21k'"),
     ("sparsity = 1.0", "sparsity must be a number in [0, 1), got 1.0"),
     ('sparsity = "0.9"', "sparsity must be a number in [0, 1), got '0.9'"),
