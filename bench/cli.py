@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
-    from bench.launch import pending, run_debug, run_local, with_dependencies
+    from bench.launch import plan, run_debug, run_local
 
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
@@ -50,14 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.preflight:
         return _preflight(args, grid, runs)
     if args.dry_run:
-        todo = {r.run_id for r in pending(runs, root)} if root.exists() else None
-        for run in runs:
-            cfg = run.config
-            state = "" if todo is None else ("  (done)" if run.run_id not in todo else "")
-            print(f"{run.run_id}  {cfg.model.name:14s} {cfg.data.name:10s} {run.entry:14s} "
-                  f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{state}")
-        print(f"{len(runs)} runs in grid {grid.name}")
-        return 0
+        return _dry_run(args, grid, runs, root)
     data_root = Path(args.data_root) if args.data_root else None
     given = [f for f in (*SLURM_FLAGS, "--sbatch")
              if getattr(args, f.lstrip("-").replace("-", "_"), None)]
@@ -69,14 +62,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.executor == "slurm":
         return _submit_slurm(args, grid, runs, root, data_root)
     ensure_writable(root)
-    missing = pending(runs, root, args.retry_failed)
     # Plus the runs they reuse (EigenDamage's dense run) when --only left those out.
-    todo = with_dependencies(missing, root, args.retry_failed)
-    print(f"grid {grid.name}: {len(runs)} runs, {len(runs) - len(missing)} already done, "
-          f"{len(todo)} to run under {root}")
+    todo = plan(runs, root, args.retry_failed)
+    print(f"grid {grid.name}: {len(runs)} runs{_added(todo.added)}, {len(todo.done)} already "
+          f"done, {len(todo.order)} to run under {root}")
     started = time.perf_counter()
     failed = 0
-    with tqdm(total=len(todo), unit="run", disable=not todo or args.quiet) as bar:
+    with tqdm(total=len(todo.order), unit="run", disable=not todo.order or args.quiet) as bar:
         def on_result(run, result):
             nonlocal failed
             cfg = run.config
@@ -95,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             run_local(todo, root, data_root, jobs=args.jobs, retry_failed=args.retry_failed,
                       on_result=on_result)
-    print(f"trained {len(todo)} runs in {time.perf_counter() - started:.0f} s"
+    print(f"trained {len(todo.order)} runs in {time.perf_counter() - started:.0f} s"
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
         _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet)
@@ -132,6 +124,45 @@ def _preflight(args: argparse.Namespace, grid, runs) -> int:
                           log=lambda line: print(line, file=sys.stderr))
     print("\n".join(format_report(estimates, grid.name)))
     return 1 if any(e.error for e in estimates) else 0
+
+
+def _added(added) -> str:
+    """' + N run(s) they reuse (entries)': the dependencies the selection left out, so that
+    the counts that follow add up."""
+    if not added:
+        return ""
+    entries = ", ".join(sorted({r.entry for r in added}))
+    return f" + {len(added)} run{'s' if len(added) != 1 else ''} they reuse ({entries})"
+
+
+def _no_slurm_flags(args: argparse.Namespace) -> None:
+    given = [f for f in (*SLURM_FLAGS, "--sbatch")
+             if getattr(args, f.lstrip("-").replace("-", "_"), None)]
+    if given:
+        raise UserError(f"{given[0]} only applies to --executor slurm")
+
+
+def _dry_run(args: argparse.Namespace, grid, runs, root: Path) -> int:
+    """Every run that ``run`` would train (dependencies included), after the checks ``run``
+    makes before training (the [slurm] table and flags for --executor slurm); writes nothing."""
+    from bench.launch import plan, slurm_settings
+
+    if args.executor == "slurm":
+        slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
+    else:
+        _no_slurm_flags(args)
+    todo = plan(runs, root, args.retry_failed)
+    done = {r.run_id for r in todo.done}
+    added = {r.run_id for r in todo.added}
+    for run in [*todo.done, *todo.order]:
+        cfg = run.config
+        state = "  (done)" if run.run_id in done else (
+            "  (needed by the grid's runs)" if run.run_id in added else "")
+        print(f"{run.run_id}  {cfg.model.name:14s} {cfg.data.name:10s} {run.entry:14s} "
+              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{state}")
+    print(f"{len(runs)} runs in grid {grid.name}{_added(todo.added)}: {len(todo.done)} "
+          f"already done, {len(todo.order)} to train")
+    return 0
 
 
 def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False) -> None:
@@ -185,8 +216,11 @@ def _submit_slurm(args: argparse.Namespace, grid, runs, root: Path, data_root) -
     ensure_writable(root)
     sub = submit_slurm(runs, root, data_root, settings, retry_failed=args.retry_failed,
                        name=f"sb-{grid.name}")
-    print(f"grid {grid.name}: {len(runs)} runs, {len(sub.done)} already done, "
-          f"{len(sub.active)} queued or running, {len(sub.submitted)} to submit under {root}")
+    for note in sub.notes:
+        print(note)
+    print(f"grid {grid.name}: {len(runs)} runs{_added(sub.added)}, {len(sub.done)} already "
+          f"done, {len(sub.active)} queued or running, {len(sub.submitted)} to submit under "
+          f"{root}")
     if sub.submitted:
         print(f"submitted {len(sub.submitted)} runs as {len(sub.arrays)} job array"
               f"{'s' if len(sub.arrays) != 1 else ''} ({', '.join(sub.arrays)}); "
@@ -210,12 +244,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         cfg = st.run.config
         job = f"  job {st.job_id}" if st.job_id and st.state != "done" else ""
         detail = f"  {st.detail}" if st.detail else ""
-        log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial") else ""
+        log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial", "corrupt") \
+            else ""
         if args.quiet:
             continue
         print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
               f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{log}")
-    shown = [k for k in STATES if used_slurm or k not in ("queued", "running")]
+    shown = [k for k in STATES if (used_slurm or k != "queued") and (counts[k] or k not in (
+        "running", "corrupt"))]
     print(", ".join(f"{counts[k]} {k}" for k in shown))
     return 0
 

@@ -24,6 +24,7 @@ from bench import store
 from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
 from bench.failures import classify, retried_by_plain_rerun
 from bench.flops import ModelCounts, count
+from bench.locks import exclusive_run
 from bench.models import build_model
 from bench.store import RESULT_SCHEMA_VERSION
 from bench.train import Diverged, Interrupted, Trainer, resolve_device, resolve_hparams
@@ -89,6 +90,7 @@ def achieved_counts(config: RunConfig, final: ModelCounts, input_shape, num_clas
     return out
 
 
+@exclusive_run(lambda root, config: run_folder(root, resolve_hparams(config)))
 def run_one(
     config: RunConfig,
     root: Path,
@@ -104,13 +106,16 @@ def run_one(
 
     `label` names the method in tables (a grid's variant name); by default the method's own.
     Raises ``Interrupted`` when `should_stop` or `stop_after_epoch` stopped it (a checkpoint is
-    on disk and the next call resumes from it).
+    on disk and the next call resumes from it). Holds the run folder's lock throughout: a
+    second process asking for the same run waits, then returns the first one's result. A
+    corrupt result, or an ok one whose model.pt does not verify, is set aside and retrained.
     """
     config = resolve_hparams(config)
     config.validate()
     method_cls = get_method(config.method.name)
     folder = run_folder(root, config)
-    existing = store.read_result(folder)
+    store.clean_temp_files(folder)
+    existing = store.usable_result(folder)
     if existing is not None:
         if existing.get("status") == "ok" or not (retry_failed or retried_by_plain_rerun(existing)):
             return existing
@@ -120,8 +125,7 @@ def run_one(
             # An error of the environment (OOM, I/O) resumes from its checkpoint.
             (folder / store.CHECKPOINT).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / store.CONFIG).exists():
-        store.atomic_write_json(folder / store.CONFIG, to_dict(config))
+    store.prepare_folder(folder, to_dict(config))
     log = _logger(folder)
     rid = run_id(config)
     log(f"run {rid} on {resolve_device(config.train.device)}")
@@ -173,6 +177,7 @@ def run_one(
                                   outcome.data.num_classes),
         "layers": counts.layer_table(),
         "train_flops": outcome.train_flops,
+        "model_file": store.model_record(folder / MODEL_FILE),
         "history": outcome.history,
         "method_summary": outcome.method.summary(),
         "wall_time_s": outcome.wall_time_s,
@@ -201,6 +206,12 @@ def intra_op_threads(train: TrainConfig) -> Iterator[None]:
 
 
 def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:
-    """The final weights of a finished run (e.g. the dense run EigenDamage starts from)."""
-    path = run_folder(root, resolve_hparams(config)) / MODEL_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The final weights of a finished run (e.g. the dense run EigenDamage starts from), after
+    checking them against the size and SHA-256 its result recorded. Raises RuntimeError naming
+    the file when they do not verify."""
+    folder = run_folder(root, resolve_hparams(config))
+    result = store.read_result(folder)
+    problem = store.model_problem(folder, result) if result else f"{folder} has no result"
+    if problem:
+        raise RuntimeError(f"cannot use run {run_id(config)}'s final model: {problem}")
+    return torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)

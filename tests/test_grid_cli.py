@@ -135,7 +135,7 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     path = write(tmp_path, GRID)
     assert main(["run", str(path), "--root", str(tmp_path / "root"), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "28 runs in grid t"
+    assert out[-1] == "28 runs in grid t: 0 already done, 28 to train"
     assert not (tmp_path / "root").exists()
 
 

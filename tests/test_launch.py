@@ -18,15 +18,14 @@ from bench.grid import GridRun
 from bench.launch import (
     RunCell,
     SlurmSettings,
+    StopOnSignal,
     Stopped,
-    _StopOnSignal,
     default_jobs,
     default_local_jobs,
-    order_runs,
     parse_time,
+    plan,
     run_local,
     slurm_settings,
-    with_dependencies,
 )
 from bench.run import MODEL_FILE, run_folder, run_one
 from bench.store import LOG, read_result
@@ -80,26 +79,33 @@ def test_slurm_settings_reject_bad_values_by_name(tmp_path, table, flags, messag
 def test_dependencies_are_added_and_ordered_first(tmp_path):
     eig = GridRun(tiny_config("eigendamage", 0.5, epochs=1), "eigendamage")
     static = GridRun(tiny_config("static", 0.5, epochs=1), "static")
-    runs = with_dependencies([eig, static], tmp_path)
+    planned = plan([eig, static], tmp_path)
     dense = replace(eig.config, method=replace(eig.config.method, name="dense", hparams=None),
                     sparsity=replace(eig.config.sparsity, target=0.0))
-    assert [r.config.method.name for r in runs] == ["dense", "eigendamage", "static"]
-    assert runs[0].run_id == GridRun(dense, "dense").run_id
-    assert [r.config.method.name for r in order_runs([eig, static, runs[0]])] == [
-        "static", "dense", "eigendamage"]
+    dense_id = GridRun(dense, "dense").run_id
+    # The dependency ranks just before the run that needs it, so it starts first.
+    assert [r.config.method.name for r in planned.order] == ["dense", "static", "eigendamage"]
+    assert planned.order[0].run_id == dense_id
+    assert [r.run_id for r in planned.added] == [dense_id]
+    assert [r.run_id for r in planned.missing] == [static.run_id, eig.run_id]
+    assert planned.waits_for == {eig.run_id: [dense_id], static.run_id: [], dense_id: []}
+    # Selected explicitly, the dense run is not "added"; grid order otherwise.
+    again = plan([static, eig, planned.order[0]], tmp_path)
+    assert [r.config.method.name for r in again.order] == ["static", "dense", "eigendamage"]
+    assert again.added == []
 
 
 def _signal_after_enter(monkeypatch, signum):
     """Deliver `signum` to this process as soon as the job has installed its handlers, so the
     trainer sees the stop request at its first step boundary."""
-    enter = _StopOnSignal.__enter__
+    enter = StopOnSignal.__enter__
 
     def enter_then_signal(self):
         out = enter(self)
         os.kill(os.getpid(), signum)
         return out
 
-    monkeypatch.setattr(_StopOnSignal, "__enter__", enter_then_signal)
+    monkeypatch.setattr(StopOnSignal, "__enter__", enter_then_signal)
 
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_resumes_identically(
@@ -166,7 +172,7 @@ def test_local_executor_runs_every_run_like_debug(tmp_path, data_root):
 
 def test_local_jobs_default_leaves_each_cpu_run_its_threads(monkeypatch):
     """By default the local executor runs cores / cpu_threads at once, never oversubscribing."""
-    monkeypatch.setattr("bench.launch.default_jobs", lambda: 8)
+    monkeypatch.setattr("bench.launch.local.default_jobs", lambda: 8)
     one = GridRun(tiny_config("static", 0.5), "static")
     four = GridRun(replace(one.config, train=replace(one.config.train, cpu_threads=4)), "static")
     gpu = replace(four.config, train=replace(four.config.train, cpu_threads=8, device="cuda"))

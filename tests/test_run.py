@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import store
+from bench import checkpoint, store
 from bench.config import run_id
 from bench.run import run_folder, run_one
 from bench.train import Interrupted
@@ -112,7 +112,7 @@ def test_resume_after_kill_9_finishes_identically(reference, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_folder(root, slow) / store.RESULT).exists()
-    state = torch.load(ckpt, weights_only=True)
+    state = checkpoint.load(ckpt)
     assert 1 <= state["epoch"] < 8
     run_one(slow, root, data_root)
     assert_identical(final_weights(root, slow), final_weights(reference_root, slow))

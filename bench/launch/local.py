@@ -1,0 +1,158 @@
+"""The ``debug`` executor (every run in this process, one after another) and the ``local`` one
+(each run in its own submitit subprocess, at most ``--jobs`` at a time, a run only after the runs
+it depends on)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench import store
+from bench.config import to_dict
+from bench.errors import UserError
+from bench.failures import ENVIRONMENT
+from bench.grid import GridRun
+from bench.launch.job import RunCell, StopOnSignal
+from bench.launch.plan import Plan, plan
+from bench.run import run_folder, run_one
+from bench.train import Interrupted, resolve_device
+
+
+def _as_plan(todo: Plan | list[GridRun], root: Path, retry_failed: bool) -> Plan:
+    return todo if isinstance(todo, Plan) else plan(todo, root, retry_failed)
+
+
+def run_debug(
+    todo: Plan | list[GridRun],
+    root: Path,
+    data_root: Path | None,
+    retry_failed: bool = False,
+    on_result: Callable[[GridRun, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every run of the plan (or of `todo`'s plan) in this process, one after another
+    (breakpoints work). Ctrl-C checkpoints the current run at its next step, then raises
+    KeyboardInterrupt."""
+    results = []
+    for run in _as_plan(todo, root, retry_failed).order:
+        with StopOnSignal(interrupt=True) as stop:
+            try:
+                result = run_one(run.config, root, data_root, label=run.label,
+                                 retry_failed=retry_failed, should_stop=stop)
+            except Interrupted:
+                raise KeyboardInterrupt from None
+        results.append(result)
+        if on_result is not None:
+            on_result(run, result)
+    return results
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_local_jobs(runs: list[GridRun]) -> int:
+    """Runs at once that do not oversubscribe the cores: each CPU run uses its config's
+    ``cpu_threads`` intra-op threads."""
+    threads = [r.config.train.cpu_threads for r in runs
+               if resolve_device(r.config.train.device).type == "cpu"]
+    return max(1, default_jobs() // max(threads, default=1))
+
+
+# How long Ctrl-C waits for the running jobs to checkpoint (one step each) before killing them.
+STOP_GRACE_S = 120.0
+
+
+def run_local(
+    todo: Plan | list[GridRun],
+    root: Path,
+    data_root: Path | None,
+    jobs: int | None = None,
+    retry_failed: bool = False,
+    on_result: Callable[[GridRun, dict[str, Any]], None] | None = None,
+    poll_s: float = 0.2,
+) -> list[dict[str, Any]]:
+    """Each run of the plan in its own submitit subprocess, at most `jobs` at a time
+    (submitit's local executor starts everything at once), a run only after the runs it
+    depends on. By default as many at once as the cores hold: cores / the largest
+    ``train.cpu_threads`` of the CPU runs. On Ctrl-C every running job checkpoints at its next
+    step (as on SIGTERM) before KeyboardInterrupt propagates; rerunning resumes them."""
+    root = Path(root).resolve()
+    planned = _as_plan(todo, root, retry_failed)
+    jobs = jobs or default_local_jobs(planned.order)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: need at least 1")
+    executor = submitit.LocalExecutor(folder=root / "local" / "%j")
+    # No wall-clock limit locally (submitit's default is 5 minutes); one log per job, so the
+    # path we print holds the job's errors too.
+    executor.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
+    cell = RunCell(str(root), str(Path(data_root).resolve()) if data_root else None,
+                   retry_failed, threads=max(1, default_jobs() // jobs))
+    waiting = list(planned.order)
+    finished: set[str] = set()
+    active: dict[Any, GridRun] = {}
+    results: list[dict[str, Any]] = []
+    try:
+        while waiting or active:
+            for run in list(waiting):
+                if len(active) >= jobs:
+                    break
+                if set(planned.waits_for.get(run.run_id, ())) <= finished:
+                    active[executor.submit(cell, to_dict(run.config), run.label)] = run
+                    waiting.remove(run)
+            for job in [j for j in active if j.done()]:
+                run = active.pop(job)
+                finished.add(run.run_id)
+                # A process that died without a result (killed, out of memory) is the
+                # machine's failure, not the method's; nothing is on disk, so a rerun retries it.
+                result = store.read_result(run_folder(root, run.config)) or {
+                    "status": "error", "error_kind": ENVIRONMENT, "run_id": run.run_id,
+                    "error": f"the job ended without a result ({_job_error(job)}); "
+                             f"log: {job.paths.stdout}",
+                }
+                results.append(result)
+                if on_result is not None:
+                    on_result(run, result)
+            if active:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        _stop(active)
+        raise
+    except BaseException:
+        for job in active:
+            job.cancel(check=False)
+        raise
+    return results
+
+
+def _job_error(job: Any) -> str:
+    """The last line of the exception a job ended with, or how it ended."""
+    try:
+        exc = job.exception()
+    except Exception as err:  # the job died before submitit could record anything
+        return f"{type(err).__name__}"
+    if exc is None:
+        return "no exception recorded"
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _stop(active: dict[Any, GridRun]) -> None:
+    """Ask every running job to checkpoint (submitit's cancel sends SIGINT, which a job treats
+    like SIGTERM) and wait for them; kill those that do not stop within STOP_GRACE_S."""
+    for job in active:
+        job.cancel(check=False)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and not all(j.done() for j in active):
+        try:
+            time.sleep(0.1)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            break
+    for job in active:
+        process = getattr(job, "_process", None)
+        if process is not None and process.poll() is None:
+            process.kill()

@@ -1,0 +1,75 @@
+"""Locks that keep a run in one process and a root's submissions in one launcher.
+
+A run folder's ``.lock`` is held (``filelock.FileLock``: ``flock`` on the open file, released
+by the kernel when the process dies, so a ``kill -9`` or a requeue never leaves a stale lock)
+for as long as a process trains or finishes that run. A second process that wants the same run
+waits for it with a message, then finds the result the first one wrote. ``status`` reports a
+run whose lock is held as ``running``, whichever executor trains it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock, Timeout
+
+LOCK = ".lock"
+SUBMIT_LOCK = Path("slurm") / ".submit.lock"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def hold(path: Path, waiting: str) -> Iterator[None]:
+    """Hold the lock file `path`; when another process holds it, print `waiting` and wait."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, is_singleton=False, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"sparsebench: {waiting}", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_held(path: Path) -> bool:
+    """Whether some process holds the lock file `path` now (this process included)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    lock = FileLock(path, is_singleton=False, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def run_is_training(folder: Path) -> bool:
+    return is_held(Path(folder) / LOCK)
+
+
+def exclusive_run(folder_of: Callable[[Any, Any], Path]) -> Callable[[F], F]:
+    """Decorate ``f(config, root, ...)`` so it runs holding the lock of the run folder
+    ``folder_of(root, config)``: one process at a time trains a run, anywhere."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(config, root, *args, **kwargs):
+            folder = folder_of(root, config)
+            with hold(folder / LOCK, f"run {folder.name} is being trained by another process "
+                      f"(lock {folder / LOCK}); waiting for it to finish"):
+                return func(config, root, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
