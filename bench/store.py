@@ -212,6 +212,9 @@ def inspect_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     except json.JSONDecodeError as exc:
         return None, f"is not valid JSON ({exc.msg} at line {exc.lineno})"
     problem = result_problem(result)
+    owner = Path(folder).name.rsplit("-", 1)[-1]
+    if problem is None and RUN_ID.fullmatch(owner) and result["run_id"] != owner:
+        problem = f"belongs to run {result['run_id']}, not to run {owner} (copied here?)"
     return (None, problem) if problem else (result, None)
 
 
@@ -286,7 +289,8 @@ def prepare_folder(folder: Path, config: dict[str, Any]) -> None:
     if metrics.exists() or metrics.is_symlink():
         try:
             rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-            ok = all(isinstance(r, dict) for r in rows)
+            # Written after each epoch from the whole history: never empty, one record a line.
+            ok = bool(rows) and all(isinstance(r, dict) for r in rows)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             ok = False
         if not ok:

@@ -36,6 +36,10 @@ REGISTRY: dict[str, type[Method]] = {
 
 
 def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:  # maybe another package's (bench/plugins.py)
+        from bench.plugins import discover
+
+        discover("sparsebench.methods", REGISTRY, Method)
     try:
         return REGISTRY[name]
     except KeyError:

@@ -52,6 +52,10 @@ def default_data_root() -> Path:
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:  # maybe another package's (bench/plugins.py)
+        from bench.plugins import discover
+
+        discover("sparsebench.datasets", DATASETS, DatasetSpec)
     try:
         return DATASETS[name]
     except KeyError:

@@ -8,6 +8,7 @@ data cannot disturb anything else in the process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from bench import store
 from bench.config import DataConfig
 from bench.data.base import DataBundle
+from bench.locks import hold
 from bench.store import atomic_torch_save
 
 GENERATOR_SEED = 42  # the package's default: the canonical MNIST-1D
@@ -39,6 +42,53 @@ def generate(num_samples: int, train_split: float) -> dict[str, np.ndarray]:
 
 def cache_path(cfg: DataConfig, root: Path) -> Path:
     return Path(root) / "mnist1d" / f"mnist1d-n{cfg.num_samples}-split{cfg.train_split:g}.pt"
+
+
+KEYS = {"x": (torch.float32, 2), "y": (torch.long, 1), "x_test": (torch.float32, 2),
+        "y_test": (torch.long, 1)}
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in KEYS:
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_problem(tensors: object, num_samples: int) -> str | None:
+    """Why a loaded cache cannot be used: wrong type, missing tensors, wrong dtypes or shapes,
+    a sample count other than `num_samples`, or data that does not match its SHA-256."""
+    if not isinstance(tensors, dict):
+        return f"holds a {type(tensors).__name__}, not the cached tensors"
+    for key, (dtype, dim) in KEYS.items():
+        value = tensors.get(key)
+        if not isinstance(value, torch.Tensor) or value.dtype != dtype or value.dim() != dim:
+            return f"has no {dim}-d {dtype} tensor {key!r}"
+    x, y, xt, yt = (tensors[k] for k in KEYS)
+    if len(x) != len(y) or len(xt) != len(yt) or x.shape[1:] != xt.shape[1:]:
+        return "has tensors of mismatched shapes"
+    if len(x) + len(xt) != num_samples:
+        return f"holds {len(x) + len(xt)} samples, not {num_samples}"
+    if tensors.get("sha256") != _digest(tensors):
+        return "does not match its checksum"
+    return None
+
+
+def read_cache(path: Path, num_samples: int) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None when there is no cache or it is damaged (then it has been
+    set aside as ``<name>.corrupt`` with a warning naming it, and the caller regenerates it)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        tensors = torch.load(path, weights_only=True)
+        problem = cache_problem(tensors, num_samples)
+    except Exception as exc:  # truncated, empty, not a torch file, a directory, ...
+        problem = f"cannot be read ({type(exc).__name__})"
+    if problem is None:
+        return tensors
+    store.set_aside(path, f"data cache {problem}; regenerating it")
+    return None
 
 
 def check(cfg: DataConfig, root: Path) -> None:
@@ -68,17 +118,20 @@ def check(cfg: DataConfig, root: Path) -> None:
 def load(cfg: DataConfig, root: Path) -> DataBundle:
     check(cfg, root)
     path = cache_path(cfg, root)
-    if path.exists():
-        tensors = torch.load(path, weights_only=True)
-    else:
-        data = generate(cfg.num_samples, cfg.train_split)
-        tensors = {
-            "x": torch.tensor(data["x"], dtype=torch.float32),
-            "y": torch.tensor(data["y"], dtype=torch.long),
-            "x_test": torch.tensor(data["x_test"], dtype=torch.float32),
-            "y_test": torch.tensor(data["y_test"], dtype=torch.long),
-        }
-        atomic_torch_save(tensors, path)
+    # Parallel runs share the cache: one generates it, the others wait and read it.
+    with hold(path.with_name(path.name + ".lock"), f"waiting for another process to write "
+              f"the data cache {path}"):
+        tensors = read_cache(path, cfg.num_samples)
+        if tensors is None:
+            store.clean_temp_files(path.parent)
+            data = generate(cfg.num_samples, cfg.train_split)
+            tensors = {
+                "x": torch.tensor(data["x"], dtype=torch.float32),
+                "y": torch.tensor(data["y"], dtype=torch.long),
+                "x_test": torch.tensor(data["x_test"], dtype=torch.float32),
+                "y_test": torch.tensor(data["y_test"], dtype=torch.long),
+            }
+            atomic_torch_save({**tensors, "sha256": _digest(tensors)}, path)
     train = TensorDataset(tensors["x"], tensors["y"])
     if cfg.train_subset:
         train = TensorDataset(tensors["x"][: cfg.train_subset], tensors["y"][: cfg.train_subset])

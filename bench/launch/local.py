@@ -5,6 +5,7 @@ it depends on)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,15 +131,18 @@ def run_local(
 
 
 def _job_error(job: Any) -> str:
-    """The last line of the exception a job ended with, or how it ended."""
+    """The exception line a job's log ends with ("UserError: unknown method ..."), or how the
+    job ended when it logged none."""
     try:
-        exc = job.exception()
-    except Exception as err:  # the job died before submitit could record anything
-        return f"{type(err).__name__}"
-    if exc is None:
-        return "no exception recorded"
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
+        text = Path(job.paths.stdout).read_text(errors="replace")
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines()
+             if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line.strip())]
+    if lines:
+        return lines[-1].rsplit(".", 1)[-1] if ": " not in lines[-1] else \
+            lines[-1].split(": ", 1)[0].rsplit(".", 1)[-1] + ": " + lines[-1].split(": ", 1)[1]
+    return f"job state {job.state}"
 
 
 def _stop(active: dict[Any, GridRun]) -> None:

@@ -158,6 +158,10 @@ def get_model_spec(name: str) -> ModelSpec:
         tv = torchvision_model(name)
         return ModelSpec(name, tv.build, f"torchvision {tv.arch} (get_model, weights=None)",
                          tv.groups, example=IMAGENET, no_width_reason=tv.no_width_reason)
+    if name not in MODELS:  # maybe another package's (bench/plugins.py)
+        from bench.plugins import discover
+
+        discover("sparsebench.models", MODELS, ModelSpec)
     try:
         return MODELS[name]
     except KeyError:
