@@ -174,8 +174,13 @@ def _seed_dependencies(method, root: Path, shape: DataShape) -> None:
         folder = run_folder(root, dep)
         folder.mkdir(parents=True, exist_ok=True)
         store.atomic_torch_save(model.state_dict(), folder / MODEL_FILE)
-        store.atomic_write_json(folder / store.RESULT, {"status": "ok", "train_flops": 0.0,
-                                                        "preflight": True})
+        # A result that passes the store's schema and vouches for the model (bench/store.py).
+        from bench.config import run_id, to_dict
+
+        store.atomic_write_json(folder / store.RESULT, {
+            "status": "ok", "train_flops": 0.0, "preflight": True, "run_id": run_id(dep),
+            "config": to_dict(dep), "top1": 0.0, "counts": {},
+            "model_file": store.model_record(folder / MODEL_FILE)})
 
 
 def measure(config: RunConfig, steps: int, batch_cap: int | None,
