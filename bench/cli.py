@@ -250,8 +250,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
               f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{log}")
-    shown = [k for k in STATES if (used_slurm or k != "queued") and (counts[k] or k not in (
-        "running", "corrupt"))]
+    # queued/running only when SLURM was asked (or a local run is training now); corrupt when
+    # there is one.
+    shown = [k for k in STATES if counts[k] or (k not in ("queued", "running", "corrupt")
+                                                if not used_slurm else k != "corrupt")]
     print(", ".join(f"{counts[k]} {k}" for k in shown))
     return 0
 

@@ -177,7 +177,7 @@ def result_problem(result: Any) -> str | None:
     """Why a parsed ``result.json`` does not match the schema run.py writes, or None."""
     if not isinstance(result, dict):
         return f"holds a JSON {type(result).__name__}, not an object"
-    if not isinstance(result.get("run_id"), str) or not RUN_ID.fullmatch(result["run_id"]):
+    if not isinstance(result.get("run_id"), str) or not result["run_id"]:
         return "has no valid run_id"
     if result.get("status") not in ("ok", "failed", "error"):
         return f"has status {result.get('status')!r}, not 'ok', 'failed' or 'error'"

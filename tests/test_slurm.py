@@ -6,6 +6,9 @@ with their log, and submitting again submits nothing."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,7 +119,8 @@ def test_array_submission_produces_every_result(array_grid, data_cache, capsys, 
     assert_same_weights(run_folder(root, dense.config), run_folder(tmp_path / "local",
                                                                    dense.config))
     lines = cli(capsys, "status", str(grid_path), "--root", str(root))
-    assert lines[-1] == "3 done, 0 queued, 0 running, 0 failed, 0 partial, 0 missing"
+    # Every result is in: squeue is not asked, so queued/running are not counted.
+    assert lines[-1] == "3 done, 0 failed, 0 partial, 0 missing"
 
 
 def test_submitting_again_submits_nothing(array_grid, data_cache, capsys, slurm_cluster):
@@ -148,7 +152,7 @@ def test_queued_runs_are_not_submitted_twice(slurm_cluster, data_cache, capsys, 
     slurm_cluster.cmd("scontrol", "release", job)
     wait_jobs_gone(root, slurm_cluster)
     status = cli(capsys, "status", str(grid), "--root", str(root))
-    assert status[-1] == "1 done, 0 queued, 0 running, 0 failed, 0 partial, 0 missing"
+    assert status[-1] == "1 done, 0 failed, 0 partial, 0 missing"
 
 
 def assert_same_weights(folder_a: Path, folder_b: Path) -> None:
@@ -220,7 +224,7 @@ def test_failed_jobs_show_as_failed_with_their_log(slurm_cluster, data_cache, ca
     assert "setup failed: no such module" in log.read_text()
 
     lines = cli(capsys, "status", str(failing), "--root", str(root))
-    assert lines[-1] == "0 done, 0 queued, 0 running, 1 failed, 0 partial, 0 missing"
+    assert lines[-1] == "0 done, 1 failed, 0 partial, 0 missing"
     assert lines[0].split()[0] == "failed"
     log = Path(lines[0].split("(log: ")[1].rstrip(")"))
     assert log.name == LOG and "failed: training" in log.read_text()
@@ -247,3 +251,92 @@ def test_dependent_run_waits_for_its_dense_run(slurm_cluster, data_cache, capsys
     dense_folder = Path(manifest[dense_id]["folder"])
     assert read_result(dense_folder)["status"] == "ok"
     assert (dense_folder / LOG).read_text().count(f"run {dense_id} on") == 1
+
+
+def test_controller_down_is_fine_when_no_queue_answer_is_needed(array_grid, data_cache, capsys,
+                                                                slurm_cluster):
+    """Every run has its result: status and a resubmission need no answer from slurmctld."""
+    grid_path, root = array_grid
+    ctld = slurm_cluster.procs["slurmctld"]
+    ctld.send_signal(signal.SIGSTOP)  # down: squeue/sbatch/scontrol would time out
+    try:
+        started = time.monotonic()
+        status = cli(capsys, "status", str(grid_path), "--root", str(root))
+        lines = cli(capsys, "run", str(grid_path), "--root", str(root), "--data-root",
+                    str(data_cache), "--executor", "slurm", "--no-report")
+        assert time.monotonic() - started < 30
+    finally:
+        ctld.send_signal(signal.SIGCONT)
+    assert status[-1] == "3 done, 0 failed, 0 partial, 0 missing"
+    assert "3 already done, 0 queued or running, 0 to submit" in lines[0]
+    assert lines[1] == "nothing to submit"
+
+
+def test_max_array_size_is_capped_at_the_clusters(slurm_cluster, data_cache, capsys,
+                                                   tmp_path):
+    grid = write_grid(tmp_path, "cap", methods=("dense",), slurm='extra = { hold = true }')
+    root = tmp_path / "root"
+    lines = cli(capsys, "run", str(grid), "--root", str(root), "--data-root", str(data_cache),
+                "--executor", "slurm", "--max-array-size", "5000")
+    assert lines[0] == ("--max-array-size 5000 is above the cluster's MaxArraySize (1001): "
+                        "arrays of at most 1001 tasks")
+    slurm_cluster.cmd("scancel", *[e["job_id"] for e in read_manifest(root).values()])
+
+
+def test_a_refused_submission_prints_one_line_of_ours(slurm_cluster, data_cache, capsys,
+                                                      tmp_path):
+    grid = write_grid(tmp_path, "refused", methods=("dense",))
+    root = tmp_path / "root"
+    code = main(["run", str(grid), "--root", str(root), "--data-root", str(data_cache),
+                 "--executor", "slurm", "--partition", "nosuch"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == ("sparsebench: error: sbatch refused the job array: invalid partition "
+                   "specified: nosuch\n")
+    assert not (root / MANIFEST).exists()
+
+
+def test_two_launchers_at_once_submit_each_run_once(slurm_cluster, data_cache, tmp_path):
+    grid = write_grid(tmp_path, "race", methods=("dense", "static"),
+                      slurm='extra = { hold = true }')
+    root = tmp_path / "root"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**slurm_cluster.env(), "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(grid), "--root", str(root),
+           "--data-root", str(data_cache), "--executor", "slurm"]
+    procs = [subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    lines = (root / MANIFEST).read_text().splitlines()
+    assert len(lines) == 3  # dense + static at 0.5 and 0.9, each once
+    ids = {json.loads(line)["job_id"] for line in lines}
+    assert len(ids) == 3 and ids <= set(queue())
+    firsts = sorted(out.splitlines()[0].split(", ", 1)[1] for out in outs)
+    assert firsts == sorted([f"0 already done, 0 queued or running, 3 to submit under {root}",
+                             f"0 already done, 3 queued or running, 0 to submit under {root}"])
+    slurm_cluster.cmd("scancel", *[json.loads(line)["job_id"] for line in lines])
+
+
+def test_cancelled_dense_job_is_trained_once_by_its_dependents(slurm_cluster, data_cache,
+                                                               capsys, tmp_path):
+    # Both EigenDamage jobs start when their dense job is cancelled (afterany) and each needs
+    # the dense run: the run folder's lock lets one train it while the other waits.
+    grid = write_grid(tmp_path, "eig2", methods=("eigendamage",), sparsities=(0.5, 0.9),
+                      slurm='extra = { hold = true }')
+    root = tmp_path / "root"
+    cli(capsys, "run", str(grid), "--root", str(root), "--data-root", str(data_cache),
+        "--executor", "slurm")
+    runs = load_grid(str(grid)).runs
+    manifest = read_manifest(root)
+    (dense_id,) = set(manifest) - {r.run_id for r in runs}
+    slurm_cluster.cmd("scancel", manifest[dense_id]["job_id"])
+    for run in runs:
+        slurm_cluster.cmd("scontrol", "release", manifest[run.run_id]["job_id"])
+    wait_jobs_gone(root, slurm_cluster)
+    for run in runs:
+        assert read_result(run_folder(root, run.config))["status"] == "ok"
+    dense_folder = Path(manifest[dense_id]["folder"])
+    assert read_result(dense_folder)["status"] == "ok"
+    log = (dense_folder / LOG).read_text()
+    assert log.count(f"run {dense_id} on") == 1 and log.count("done: top1=") == 1

@@ -10,6 +10,8 @@ wait forever).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -214,8 +216,11 @@ def _submit(runs, root, data_root, settings, retry_failed, name) -> Submission:
             for start in range(0, len(group), chunk):
                 part = group[start:start + chunk]
                 try:
-                    jobs = executor.map_array(cell, [to_dict(r.config) for r in part],
-                                              [r.label for r in part])
+                    # submitit prints sbatch's stderr itself before raising; the reason is
+                    # reported once, in our line.
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        jobs = executor.map_array(cell, [to_dict(r.config) for r in part],
+                                                  [r.label for r in part])
                 except Exception as exc:  # sbatch's own message is the useful part
                     raise UserError(f"sbatch refused the job array: {_sbatch_reason(exc)}"
                                     ) from None
@@ -237,9 +242,10 @@ def _submit(runs, root, data_root, settings, retry_failed, name) -> Submission:
 
 
 def _sbatch_reason(exc: Exception) -> str:
-    """sbatch's error line out of submitit's exception text (which wraps it in its own)."""
+    """sbatch's first error line (the specific reason; the next ones generalise it) out of
+    submitit's exception text."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
+    for line in lines:
         if "sbatch: error:" in line:
             return line.split("sbatch: error:", 1)[1].strip()
     return lines[-1] if lines else type(exc).__name__
