@@ -177,14 +177,21 @@ def test_damaged_model_makes_its_run_not_done(root, pristine, how, capsys):
     assert snapshot(root, victim) == others
 
 
-def test_a_reused_run_with_a_damaged_model_is_planned_again(root):
-    damage(run_folder(root, DONE[0]) / MODEL_FILE, "bit-flipped")
-    run = GridRun(DONE[0], "static")
-    assert plan([run], root).order == []  # not reused: the cheap check passes
-    # Reused by another run (EigenDamage's dense run), the checksum is verified.
-    from bench.launch.plan import is_done
+def test_a_reused_run_with_a_damaged_model_is_planned_again(tmp_path, pristine):
+    """EigenDamage loads its dense run's model.pt: a bit flip there (same size, so status's
+    cheap check passes) makes the plan train the dense run again, first."""
+    from methods.eigendamage.method import dense_config
 
-    assert is_done(run, root) and not is_done(run, root, reused=True)
+    _, _, data = pristine
+    eig = GridRun(tiny_config("eigendamage", 0.5, epochs=1), "eigendamage")
+    dense = dense_config(eig.config)
+    run_one(dense, tmp_path, data)
+    assert [r.config.method.name for r in plan([eig], tmp_path).order] == ["eigendamage"]
+    damage(run_folder(tmp_path, dense) / MODEL_FILE, "bit-flipped")
+    todo = plan([eig], tmp_path)
+    assert [r.config.method.name for r in todo.order] == ["dense", "eigendamage"]
+    assert [r.run_id for r in todo.added] == [run_id(dense)]
+    assert todo.waits_for[eig.run_id] == [run_id(dense)]
 
 
 # --- checkpoint.pt, config.json, metrics.jsonl of an interrupted run -------------------------

@@ -5,6 +5,7 @@ the local executor."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -184,3 +185,64 @@ def test_local_jobs_default_leaves_each_cpu_run_its_threads(monkeypatch):
     assert default_local_jobs([GridRun(three, "static")]) == 2  # 8 // 3
     sixteen = replace(one.config, train=replace(one.config.train, cpu_threads=16))
     assert default_local_jobs([GridRun(sixteen, "static")]) == 1
+
+
+CTRL_C_GRID = """
+name = "c"
+[axes]
+models = ["mnist1d_cnn"]
+datasets = ["mnist1d"]
+methods = ["static"]
+sparsities = [0.8]
+seeds = [0]
+[train]
+epochs = 40
+batch_size = 50
+[data]
+train_subset = 600
+"""
+
+
+def test_ctrl_c_prints_one_line_and_the_run_checkpoints(tmp_path, data_root):
+    """Ctrl-C reaches the launcher and its jobs (one process group, as from a terminal): the
+    job checkpoints at its next step as on SIGTERM, the command says one line, and the rerun
+    resumes to the weights of an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.grid import load_grid
+    from tests.helpers import assert_identical, final_weights
+
+    run_one(tiny_config(), tmp_path / "warm", data_root)  # the data cache exists
+    grid = tmp_path / "c.toml"
+    grid.write_text(CTRL_C_GRID)
+    (run,) = load_grid(str(grid)).runs
+    root = tmp_path / "root"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(grid), "--root", str(root),
+           "--data-root", str(data_root), "--jobs", "1", "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    log = run_folder(root, run.config) / LOG
+    deadline = time.time() + 120
+    while time.time() < deadline and "epoch=2 " not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    ours = [line for line in err.splitlines() if line.startswith("sparsebench")]
+    assert ours == ["sparsebench: interrupted; rerun the same command to resume"]
+    # Stopped at the next step boundary (or the epoch's end, when the signal lands there).
+    assert re.search(r"interrupted: stopped (at step|after epoch) \d+", log.read_text())
+    assert read_result(run_folder(root, run.config)) is None
+    assert (run_folder(root, run.config) / "checkpoint.pt").exists()
+    rerun = subprocess.run(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from phase 0" in log.read_text()
+    run_one(run.config, tmp_path / "straight", data_root)
+    assert_identical(final_weights(root, run.config),
+                     final_weights(tmp_path / "straight", run.config))

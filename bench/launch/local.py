@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,8 +90,12 @@ def run_local(
         raise UserError(f"--jobs {jobs}: need at least 1")
     executor = submitit.LocalExecutor(folder=root / "local" / "%j")
     # No wall-clock limit locally (submitit's default is 5 minutes); one log per job, so the
-    # path we print holds the job's errors too.
-    executor.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
+    # path we print holds the job's errors too. submitit's controller process (between us and
+    # the job) writes to our terminal and dies with a traceback on Ctrl-C, killing the job
+    # before it checkpoints: it starts with SIGINT ignored (inherited through exec), and we
+    # stop jobs with SIGTERM, which it forwards. The job installs its own SIGINT handler.
+    executor.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True,
+                               setup=["trap '' INT"])
     cell = RunCell(str(root), str(Path(data_root).resolve()) if data_root else None,
                    retry_failed, threads=max(1, default_jobs() // jobs))
     waiting = list(planned.order)
@@ -146,10 +151,12 @@ def _job_error(job: Any) -> str:
 
 
 def _stop(active: dict[Any, GridRun]) -> None:
-    """Ask every running job to checkpoint (submitit's cancel sends SIGINT, which a job treats
-    like SIGTERM) and wait for them; kill those that do not stop within STOP_GRACE_S."""
+    """Ask every running job to checkpoint (SIGTERM to its controller, which forwards it) and
+    wait for them; kill those that do not stop within STOP_GRACE_S."""
     for job in active:
-        job.cancel(check=False)
+        process = getattr(job, "_process", None)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline and not all(j.done() for j in active):
         try:
