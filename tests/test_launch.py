@@ -246,3 +246,18 @@ def test_ctrl_c_prints_one_line_and_the_run_checkpoints(tmp_path, data_root):
     run_one(run.config, tmp_path / "straight", data_root)
     assert_identical(final_weights(root, run.config),
                      final_weights(tmp_path / "straight", run.config))
+
+
+def test_ctrl_c_under_the_debug_executor_checkpoints_first(monkeypatch, tmp_path, data_root):
+    from bench.launch import run_debug
+
+    config = tiny_config("static", 0.8, epochs=2)
+    before = signal.getsignal(signal.SIGINT)
+    with monkeypatch.context() as patch:
+        _signal_after_enter(patch, signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            run_debug([GridRun(config, "static")], tmp_path, data_root)
+    assert signal.getsignal(signal.SIGINT) is before
+    folder = run_folder(tmp_path, config)
+    assert "interrupted: stopped at step 1" in (folder / LOG).read_text()
+    assert (folder / "checkpoint.pt").exists() and read_result(folder) is None
