@@ -40,9 +40,15 @@ def test_every_paper_grid_is_built_in_with_its_run_count():
 @pytest.mark.parametrize("name", sorted(COUNTS))
 def test_dry_run_lists_each_paper_grid(name, tmp_path, capsys):
     assert main(["run", name, "--dry-run", "--root", str(tmp_path / "none")]) == 0
+    from bench.launch import plan
+
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == f"{COUNTS[name]} runs in grid {name}"
-    assert {line.split()[0] for line in lines[:-1]} == {r.run_id for r in load_grid(name).runs}
+    # Every run that would train: the grid's, plus any run they reuse that it left out.
+    todo = plan(load_grid(name).runs, tmp_path / "none")
+    assert lines[-1].startswith(f"{COUNTS[name]} runs in grid {name}")
+    assert lines[-1].endswith(f": 0 already done, {len(todo.order)} to train")
+    assert {line.split()[0] for line in lines[:-1]} == {r.run_id for r in todo.order}
+    assert {r.run_id for r in todo.order} >= {r.run_id for r in load_grid(name).runs}
     assert not (tmp_path / "none").exists()
 
 
