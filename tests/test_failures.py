@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bench.train
-from bench import store
+from bench import checkpoint, store
 from bench.cli import main
 from bench.config import DataConfig, ModelConfig, RunConfig, SparsityConfig, TrainConfig
 from bench.errors import UserError
@@ -61,7 +61,7 @@ def test_an_environment_error_is_retried_by_a_plain_rerun_and_resumes(tmp_path, 
     assert result["error"] == "OSError: [Errno 28] No space left on device"
     folder = run_folder(tmp_path, config)
     # Epoch 1's checkpoint survives: the rerun resumes from it.
-    assert torch.load(folder / store.CHECKPOINT, weights_only=True)["epoch"] == 1
+    assert checkpoint.load(folder / store.CHECKPOINT)["epoch"] == 1
     monkeypatch.undo()
     again = run_one(config, tmp_path, data_root)  # no retry_failed
     assert again["status"] == "ok"
