@@ -1,46 +1,19 @@
-"""The method registry: name -> Method subclass. An unknown name is a UserError listing the
-valid ones."""
+"""Sparse-training methods. The registry lives in ``methods.registry``; ``methods.REGISTRY``
+(every method, name -> class) and ``methods.get_method`` are re-exported here without importing
+any method module until they are used, so ``import methods.masking`` stays cheap."""
 
 from __future__ import annotations
 
-from bench.errors import UserError
-from methods.base import Method
-from methods.deepr import DeepR
-from methods.dense import Dense
-from methods.dsr import DSR
-from methods.eigendamage import EigenDamage
-from methods.gmp import GMP
-from methods.grasp import GraSP
-from methods.set_method import SET
-from methods.snip import SNIP
-from methods.static import Static
-from methods.str_method import STR
-from methods.thin_dense import ThinDense
+from typing import Any
 
-REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        Dense,
-        Static,
-        GMP,
-        SNIP,
-        GraSP,
-        STR,
-        ThinDense,
-        DeepR,
-        SET,
-        DSR,
-        EigenDamage,
-    )
-}
+from methods.registry import get_method
+
+__all__ = ["REGISTRY", "get_method"]
 
 
-def get_method(name: str) -> type[Method]:
-    if name not in REGISTRY:  # maybe another package's (bench/plugins.py)
-        from bench.plugins import discover
+def __getattr__(name: str) -> Any:
+    if name == "REGISTRY":
+        from methods.registry import all_methods
 
-        discover("sparsebench.methods", REGISTRY, Method)
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown method {name!r}; valid: {', '.join(sorted(REGISTRY))}") from None
+        return all_methods()
+    raise AttributeError(f"module 'methods' has no attribute {name!r}")

@@ -67,17 +67,15 @@ from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.masking import FlatLayers
-from methods.rewiring import (
+from methods.rewiring import DeviceRNG, sample_in_segments, segmented_random_choice
+from methods.schedules import (
     DSR_PHASE_FRACTIONS,
     DSR_STOP_FRACTION,
     DSR_TEMPERATURES,
-    DeviceRNG,
-    piecewise_index,
-    sample_in_segments,
+    dsr_temperature,
     scaled,
-    segmented_random_choice,
-    zero_state_at,
 )
+from methods.selection import reset_optimizer_state
 
 VARIANTS = ("paper", "dsr")
 
@@ -162,7 +160,7 @@ class DeepR(MaskedMethod):
     # --- schedule ---------------------------------------------------------------------------
     def temperature(self, step: int) -> float:
         hp = self.hparams
-        return hp.dsr_temperatures[piecewise_index(self.temperature_starts, step - 1)]
+        return dsr_temperature(hp.dsr_temperatures, self.temperature_starts, step)
 
     def rewiring_active(self, step: int) -> bool:
         return self.hparams.variant == "paper" or step - 1 < self.stop
@@ -226,7 +224,7 @@ class DeepR(MaskedMethod):
             new = segmented_random_choice(flat, keep == 0, missing, self.rng.generator)
             keep.masked_fill_(new, 1.0)
             torch.where(new, self.sign * hp.reconnect_value, w, out=w)
-            zero_state_at(optimizer, flat.params, flat.chunks(new))
+            reset_optimizer_state(optimizer, flat.params, flat.chunks(new))
             flat.write_weights(w)
             flat.write_mask(keep)
             return
@@ -262,7 +260,7 @@ class DeepR(MaskedMethod):
             for i, got in chosen.items():
                 if got:
                     local[i] = torch.tensor(got, device=device) - flat.starts[i]
-            zero_state_at(optimizer, flat.params, local)
+            reset_optimizer_state(optimizer, flat.params, local)
 
     def _global_split(self, room: list[int], total_missing: int) -> list[int]:
         """The global-constraint script's categorical split of the reactivations over layers,

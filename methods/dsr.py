@@ -36,7 +36,7 @@ steps, N_p = 20000):
   is a fraction of all prunable weights, not of the active ones.
 * rewire periods 100/200/400/800 iterations from epochs 0/25/80/140, stop at epoch 190: phase
   starts and stop are fractions of the run's epochs, periods fractions of its total steps
-  (``rewiring.RewireSchedule``), so the run reallocates as often as the reference.
+  (``schedules.RewireSchedule``), so the run reallocates as often as the reference.
 * H^(0) = 1e-3 and delta = 0.1 are used as they are.
 """
 
@@ -50,29 +50,17 @@ from torch import nn
 
 from bench.config import check
 from methods.base import MaskedMethod, SetupContext
-from methods.rewiring import (
-    DSR_PERIOD_FRACTIONS,
-    DSR_PHASE_FRACTIONS,
-    DSR_REF_N_PRUNE,
-    DSR_REF_SPARSE_WEIGHTS,
-    DSR_STOP_FRACTION,
-    DeviceRNG,
-    RewireSchedule,
-    random_subset,
-)
+from methods.rewiring import DeviceRNG
+from methods.schedules import DSR_REF_N_PRUNE, DSR_REF_SPARSE_WEIGHTS, DSRScheduleHparams
+from methods.selection import random_k
 
 
 @dataclass(frozen=True)
-class DSRHparams:
+class DSRHparams(DSRScheduleHparams):
     n_prune_fraction: float = field(default=DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS,
                                     metadata=check(gt=0, le=1))
     delta: float = field(default=0.1, metadata=check(ge=0, lt=1))
     initial_threshold: float = field(default=1.0e-3, metadata=check(gt=0))
-    phase_fractions: tuple[float, ...] = field(default=DSR_PHASE_FRACTIONS,
-                                               metadata=check(ge=0, le=1))
-    period_fractions: tuple[float, ...] = field(
-        default=DSR_PERIOD_FRACTIONS, metadata=check(gt=0, le=1, same_length="phase_fractions"))
-    stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
 
 
 def adjust_threshold(threshold: float, n_pruned: int, n_prune_target: int, delta: float) -> float:
@@ -117,8 +105,7 @@ class DSR(MaskedMethod):
         # The DSR code starts every SparseTensor at the same density; reallocation learns the rest.
         ctx.masking.init_random(self.density, "uniform", self.generator)
         total_steps = ctx.steps_per_epoch * ctx.config.train.epochs
-        self.schedule = RewireSchedule.scaled(hp.phase_fractions, hp.period_fractions,
-                                              hp.stop_fraction, total_steps)
+        self.schedule = hp.rewire_schedule(total_steps)
         self.n_prune_target = max(1, int(round(hp.n_prune_fraction * ctx.masking.total())))
         self.rng = DeviceRNG(self.generator, ctx.device)
         self.layers = ctx.masking.flat()
@@ -178,7 +165,7 @@ class DSR(MaskedMethod):
                     n = min(counts[i], room[i])
                     if n <= 0:
                         continue
-                    new = random_subset(~masks[name] & ~pruned[name], n, self.rng.generator)
+                    new = random_k(~masks[name] & ~pruned[name], n, self.rng.generator)
                     masks[name] |= new  # new weights are already 0
                     grown[i] += n
                     room[i] -= n

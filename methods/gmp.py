@@ -27,7 +27,9 @@ from torch import nn
 
 from bench.config import check
 from methods.base import MaskedMethod, SetupContext
-from methods.masking import kept_count, layer_densities, topk_mask
+from methods.masking import kept_count, layer_densities
+from methods.schedules import PruningSchedule, cubic_sparsity
+from methods.selection import top_k
 
 RIGL_CIFAR_STEPS = 97656
 
@@ -43,11 +45,6 @@ class GMPHparams:
     exponent: int = field(default=3, metadata=check(ge=1))
 
 
-def cubic_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float, exponent: int) -> float:
-    p = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
-    return s_f + (s_i - s_f) * (1.0 - p) ** exponent
-
-
 class GMP(MaskedMethod):
     name = "gmp"
     Hparams = GMPHparams
@@ -56,41 +53,28 @@ class GMP(MaskedMethod):
         super().setup(ctx)
         hp = self.hparams
         total = ctx.steps_per_epoch * ctx.config.train.epochs
-        self.begin = int(round(hp.begin_fraction * total))
-        self.end = max(self.begin, int(round(hp.end_fraction * total)))
-        self.frequency = max(1, int(round(hp.frequency_fraction * total)))
+        self.schedule = PruningSchedule.scaled(hp.begin_fraction, hp.end_fraction,
+                                               hp.frequency_fraction, total)
         shapes = ctx.masking.shapes()
         self.final_densities = layer_densities(shapes, self.density, self.distribution)
-
-    def is_update_step(self, step: int) -> bool:
-        if step < self.begin or step > self.end:
-            return False
-        return (step - self.begin) % self.frequency == 0 or step == self.end
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
         # `step` counts optimizer steps already taken (1-based), like TF's global_step after it.
         super().after_step(model, optimizer, step)
-        if not self.is_update_step(step):
+        if not self.schedule.is_update_step(step):
             return
         hp = self.hparams
         masking = self.masking
         assert masking is not None
         for name, weight in masking.weights().items():
             s_final = 1.0 - self.final_densities[name]
-            s_t = cubic_sparsity(step, self.begin, self.end, hp.initial_sparsity, s_final,
-                                 hp.exponent)
+            s_t = cubic_sparsity(step, self.schedule.begin, self.schedule.end,
+                                 hp.initial_sparsity, s_final, hp.exponent)
             n_keep = kept_count(weight.numel(), 1.0 - s_t)
             current = masking.masks[name]
             if n_keep >= int(current.sum()):
                 continue
-            masking.set_mask(name, topk_mask(weight.abs() * current, n_keep))
+            masking.set_mask(name, top_k(weight.abs(), n_keep, current))
         masking.apply()
 
-
-def schedule_points(begin: int, end: int, frequency: int) -> list[int]:
-    """The steps at which masks change (for documentation and tests)."""
-    points = list(range(begin, end + 1, frequency))
-    if points[-1] != end:
-        points.append(end)
-    return points

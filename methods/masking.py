@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.selection import top_k
+
 MASK_BUFFER = "weight_mask"
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -86,14 +88,6 @@ def random_mask(shape: torch.Size, n_keep: int, generator: torch.Generator) -> t
     mask = torch.zeros(numel, dtype=torch.bool)
     mask[torch.randperm(numel, generator=generator)[:n_keep]] = True
     return mask.view(shape)
-
-
-def topk_mask(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
-    flat = scores.flatten()
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if n_keep > 0:
-        mask[torch.topk(flat, n_keep, sorted=False).indices] = True
-    return mask.view_as(scores)
 
 
 class FlatLayers:
@@ -248,18 +242,6 @@ class Masking:
     def mask_gradients(self) -> None:
         self.flat().mask_gradients()
 
-    @torch.no_grad()
-    def zero_optimizer_state(self, optimizer: torch.optim.Optimizer, where: dict) -> None:
-        """Reset per-weight optimizer state (momentum, Adam moments) at the given positions.
-
-        ``where`` maps layer name -> boolean tensor of positions to reset (e.g. regrown weights).
-        """
-        for name, positions in where.items():
-            state = optimizer.state.get(self.layers[name].weight, {})
-            for value in state.values():
-                if torch.is_tensor(value) and value.shape == positions.shape:
-                    value.masked_fill_(positions, 0)
-
     def nonzero(self) -> dict[str, int]:
         return {n: int(m.sum()) for n, m in self.masks.items()}
 
@@ -286,12 +268,11 @@ class Masking:
     def init_from_scores(
         self, scores: dict[str, torch.Tensor], density: float, keep: str = "largest"
     ) -> None:
-        """Global top-k over all layers' scores: exactly kept_count(total, density) survive."""
+        """Global top-k over all layers' scores (``selection.top_k``; ``keep="smallest"`` for
+        the lowest scores): exactly kept_count(total, density) survive."""
         flat = torch.cat([scores[n].flatten() for n in self.layers])
         n_keep = kept_count(flat.numel(), density)
-        if keep == "smallest":
-            flat = -flat
-        global_mask = topk_mask(flat, n_keep)
+        global_mask = top_k(flat, n_keep, largest=keep == "largest")
         offset = 0
         for name, module in self.layers.items():
             n = module.weight.numel()

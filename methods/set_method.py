@@ -53,36 +53,24 @@ from torch import nn
 from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
-from methods.rewiring import (
-    DSR_PERIOD_FRACTIONS,
-    DSR_PHASE_FRACTIONS,
-    DSR_REF_N_PRUNE,
-    DSR_REF_SPARSE_WEIGHTS,
-    DSR_STOP_FRACTION,
-    DeviceRNG,
-    RewireSchedule,
-    largest,
-    random_subset,
-    smallest_active,
-)
+from methods.rewiring import DeviceRNG
+from methods.schedules import DSR_REF_N_PRUNE, DSR_REF_SPARSE_WEIGHTS, DSRScheduleHparams
+from methods.selection import random_k, reset_optimizer_state, top_k
 
 VARIANTS = ("paper", "dsr")
 VARIANT_DISTRIBUTION = {"paper": "erk", "dsr": "uniform"}
 
 
 @dataclass(frozen=True)
-class SETHparams:
+class SETHparams(DSRScheduleHparams):
+    """The rewiring schedule's knobs (``phase_fractions``, ``period_fractions``,
+    ``stop_fraction``, from ``DSRScheduleHparams``) and ``dsr_prune_fraction`` are used by
+    variant "dsr" only."""
+
     variant: str = field(default="paper", metadata=check(choices=VARIANTS))
     zeta: float = field(default=0.3, metadata=check(ge=0, le=1))
-    # Used by variant "dsr" only.
     dsr_prune_fraction: float = field(default=DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS,
                                       metadata=check(gt=0, le=1))
-    dsr_phase_fractions: tuple[float, ...] = field(default=DSR_PHASE_FRACTIONS,
-                                                   metadata=check(ge=0, le=1))
-    dsr_period_fractions: tuple[float, ...] = field(
-        default=DSR_PERIOD_FRACTIONS,
-        metadata=check(gt=0, le=1, same_length="dsr_phase_fractions"))
-    dsr_stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
 
 
 def keras_keep_counts(n_neg: int, n_pos: int, numel: int, zeta: float) -> tuple[int, int]:
@@ -129,8 +117,7 @@ class SET(MaskedMethod):
         self.targets = ctx.masking.init_random(self.density, self.distribution, self.generator)
         self.epochs = ctx.config.train.epochs
         total_steps = ctx.steps_per_epoch * self.epochs
-        self.schedule = RewireSchedule.scaled(hp.dsr_phase_fractions, hp.dsr_period_fractions,
-                                              hp.dsr_stop_fraction, total_steps)
+        self.schedule = hp.rewire_schedule(total_steps)
         self.dsr_zeta = hp.dsr_prune_fraction / self.density
         self.rng = DeviceRNG(self.generator, ctx.device)
         self.layers = ctx.masking.flat()
@@ -157,28 +144,29 @@ class SET(MaskedMethod):
         zeta = self.hparams.zeta
         masks = masking.masks
         report: dict[str, tuple[int, int]] = {}
-        reset: dict[str, torch.Tensor] = {}
+        reset: list[torch.Tensor | None] = []
         for name, w in masking.weights().items():
             mask = masks[name]
             numel = w.numel()
             n_active = int(mask.sum())
             if n_active == numel:
+                reset.append(None)
                 continue  # a dense layer has no empty slot to move a connection to
             negative = mask & (w < 0)
             positive = mask & (w > 0)
             keep_neg, keep_pos = keras_keep_counts(int(negative.sum()), int(positive.sum()),
                                                    numel, zeta)
-            keep = largest(-w, negative, keep_neg) | largest(w, positive, keep_pos)
+            keep = top_k(w, keep_neg, negative, largest=False) | top_k(w, keep_pos, positive)
             kept = keep_neg + keep_pos
             n_new = min(self.targets[name] - kept, numel - kept)
-            new = random_subset(~keep, n_new, self.rng.generator)
+            new = random_k(~keep, n_new, self.rng.generator)
             w.mul_(keep)  # survivors keep their values, new connections start at 0
             mask.copy_(keep | new)
-            reset[name] = ~keep
+            reset.append(~keep)
             report[name] = (n_active - kept, n_new)
             self.rewired_total += n_new
         if optimizer is not None:
-            masking.zero_optimizer_state(optimizer, reset)
+            reset_optimizer_state(optimizer, list(masking.weights().values()), reset)
         self.rewirings += 1
         return report
 
@@ -197,8 +185,8 @@ class SET(MaskedMethod):
             n = min(int(self.dsr_zeta * n_active) + 1, n_active, room)
             if n <= 0:
                 continue
-            pruned = smallest_active(w, mask, n)
-            new = random_subset(~mask, n, self.rng.generator)
+            pruned = top_k(w.abs(), n, mask, largest=False)
+            new = random_k(~mask, n, self.rng.generator)
             mask.copy_((mask & ~pruned) | new)
             w.mul_(mask & ~new)  # pruned weights reset to 0, new weights start at 0
             report[name] = (n, n)

@@ -36,7 +36,8 @@ from torch import nn
 
 from bench.config import check
 from methods.base import Batch, MaskedMethod, SetupContext
-from methods.masking import Masking, kept_count, layer_densities, topk_mask
+from methods.masking import Masking, kept_count, layer_densities
+from methods.selection import top_k
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def keep_top_scores(masking: Masking, scores: dict[str, torch.Tensor], density: 
         return
     densities = layer_densities(masking.shapes(), density, distribution)
     for name, score in scores.items():
-        masking.set_mask(name, topk_mask(score, kept_count(score.numel(), densities[name])))
+        masking.set_mask(name, top_k(score, kept_count(score.numel(), densities[name])))
     masking.apply()
 
 

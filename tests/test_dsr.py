@@ -8,7 +8,7 @@ import torch
 
 from methods import get_method
 from methods.dsr import DSR, DSRHparams, adjust_threshold, allocation_round
-from methods.rewiring import RewireSchedule
+from methods.schedules import RewireSchedule
 from tests import hook_driver
 from tests.hook_driver import (
     SPE,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.eigendamage.rebuild import bottleneck_weight_count
+from methods.selection import top_k
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,7 @@ def keep_indices(imps: torch.Tensor, threshold: float, limit: float) -> torch.Te
     kept = int(keep.sum())
     if 1.0 - kept / n > limit or kept == 0:
         k = max(1, n - int(math.floor(n * limit + 1e-9)) - 1)
-        order = torch.argsort(imps, descending=True, stable=True)[:k]
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[order] = True
+        keep = top_k(imps, k)
     return torch.nonzero(keep).flatten()
 
 
