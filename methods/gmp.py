@@ -6,7 +6,9 @@ Schedule as in TensorFlow's ``contrib/model_pruning/python/pruning.py``
     p   = clip((t - t_begin) / (t_end - t_begin), 0, 1)
     s_t = s_f + (s_i - s_f) * (1 - p) ** 3
 
-Masks are updated every ``frequency`` steps inside [t_begin, t_end]; at each update every layer
+Masks are updated every ``frequency`` steps inside [t_begin, t_end], at TF's update steps and no
+others (``schedules.PruningSchedule``; t_end is t_begin plus a whole number of frequencies, as
+in the reference configuration, so the last update reaches s_f); at each update every layer
 keeps its largest-magnitude weights so that its sparsity is s_t (per-layer, so the final
 distribution is the run's: uniform by default, ERK on request). Pruned weights get zero gradient
 and stay zero, so the mask only shrinks. Defaults are RigL's CIFAR setting

@@ -2,8 +2,13 @@
 
 Rule, as in alecwangcq/GraSP ``pruner/GraSP.py`` (``GraSP``, ``GraSP_fetch_data``):
 
+0. Re-initialise the network as ``main_prune_non_imagenet.py`` does before pruning
+   (``mb.model.apply(weights_init)``, ``models/base/init_utils.py``): every conv Kaiming-normal
+   with fan-out and the ReLU gain, Linear weights N(0, 0.01), conv and Linear biases 0,
+   BatchNorm weight 1 and bias 0. This is the network that is trained (``reference_init``;
+   drawn from the method's generator, applied to Conv1d/2d/3d alike).
 1. Score a deep copy of the network, in train mode, whose Linear weights are redrawn with
-   Xavier-normal (``reinit=True``); the network that is trained keeps its own initialisation.
+   Xavier-normal (``reinit=True``); this affects only the scoring copy.
 2. Fetch exactly ``samples_per_class`` training examples of every class, concatenated class by
    class, and split the batch into two halves (``num_iters`` fetches give 2 * num_iters halves).
 3. g = sum over halves of grad_theta L(f(x) / T) with temperature T = 200 on the logits.
@@ -11,10 +16,13 @@ Rule, as in alecwangcq/GraSP ``pruner/GraSP.py`` (``GraSP``, ``GraSP_fetch_data`
    by double back-propagation (``create_graph=True``).
 5. Score S = -theta * Hg per weight. theta and g range over every Conv/Linear weight (no biases,
    no BatchNorm), as in the reference; only the prunable layers are scored.
-6. Remove the floor(s * N) weights with the *largest* scores, globally: removing a weight with a
-   large S increases (or least reduces) the gradient norm to first order, since
-   d/de |grad L(theta - e theta_j)|^2 = -2 theta_j (Hg)_j = 2 S_j. The reference's division by
-   |sum S| does not change the order and is omitted.
+6. Remove the weights with the *largest* scores, globally: removing a weight with a large S
+   increases (or least reduces) the gradient norm to first order, since
+   d/de |grad L(theta - e theta_j)|^2 = -2 theta_j (Hg)_j = 2 S_j. Exactly as the reference
+   counts: scores are divided by |sum S| + 1e-10, the threshold is the k-th largest normalised
+   score with k = int(N (1 - keep_ratio)), keep_ratio = 1 - s, and the weights with a score
+   <= threshold are kept. So N - k + 1 weights survive when scores are distinct (433 of 864 at
+   s = 0.5, where N - floor(s N) would keep 432); ties at the threshold all survive.
 
 ``samples_per_class = 10`` is the reference configs' value for CIFAR-10 (VGG19 and ResNet32) and
 CIFAR-100 VGG19; the configs use 5 for CIFAR-100 ResNet32 and 1 (with ``num_iters`` 10 / 150)
@@ -33,7 +41,8 @@ from torch import nn
 
 from bench.config import check
 from methods.base import Batch, MaskedMethod, SetupContext
-from methods.masking import PRUNABLE_TYPES
+from methods.masking import PRUNABLE_TYPES, Masking
+from methods.selection import kth_largest
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,6 +53,7 @@ class GraSPHparams:
     num_iters: int = field(default=1, metadata=check(ge=1))
     temperature: float = field(default=200.0, metadata=check(gt=0))
     reinit_linear: bool = True
+    reference_init: bool = True
 
 
 Example = tuple[int, int, torch.Tensor, torch.Tensor]
@@ -122,6 +132,44 @@ def grasp_scores(model: nn.Module, prunable: list[str], halves: list[Batch], los
     return {n: -(convlin[n].weight.detach() * by_name[n]) for n in prunable}
 
 
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def reference_init(model: nn.Module, generator: torch.Generator) -> None:
+    """``weights_init`` of the reference (see step 0), values drawn on CPU from `generator` in
+    module order and copied to the model's device."""
+    for module in model.modules():
+        if isinstance(module, CONV_TYPES + (nn.Linear,)):
+            fresh = torch.empty(module.weight.shape)
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(fresh, 0.0, 0.01, generator=generator)
+            else:
+                nn.init.kaiming_normal_(fresh, mode="fan_out", nonlinearity="relu",
+                                        generator=generator)
+            module.weight.copy_(fresh)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, BN_TYPES) and module.affine:
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+
+def keep_at_most_threshold(masking: Masking, scores: dict[str, torch.Tensor],
+                           target: float) -> None:
+    """The reference's pruning rule (step 6) over the masking's layers, in layer order."""
+    flat = torch.cat([scores[n].flatten() for n in masking.layers])
+    flat = flat / (flat.sum().abs() + 1e-10)
+    n_remove = int(flat.numel() * (1 - (1 - target)))
+    keep = torch.ones_like(flat, dtype=torch.bool) if n_remove == 0 else \
+        flat <= kth_largest(flat, n_remove)
+    for name, part in zip(masking.layers, keep.split([scores[n].numel() for n in masking.layers]),
+                          strict=True):
+        masking.set_mask(name, part.view_as(scores[name]))
+    masking.apply()
+
+
 class GraSP(MaskedMethod):
     name = "grasp"
     Hparams = GraSPHparams
@@ -133,6 +181,8 @@ class GraSP(MaskedMethod):
         if ctx.resuming:
             return  # the masks are model buffers: the checkpoint restores them
         hp = self.hparams
+        if hp.reference_init:
+            reference_init(ctx.model, self.generator)
         scorer = copy.deepcopy(ctx.model).train()
         if hp.reinit_linear:
             for module in scorer.modules():
@@ -153,4 +203,4 @@ class GraSP(MaskedMethod):
             halves += [(x[:half], y[:half]), (x[half:], y[half:])]
         scores = grasp_scores(scorer, list(ctx.masking.layers), halves, ctx.loss_fn,
                               hp.temperature)
-        ctx.masking.init_from_scores(scores, self.density, keep="smallest")
+        keep_at_most_threshold(ctx.masking, scores, self.target)

@@ -42,27 +42,32 @@ def uniform_densities(sizes: dict[str, int], density: float) -> dict[str, float]
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
-    """Erdős–Rényi-Kernel densities (RigL, ``sparse_utils.get_sparsities_erdos_renyi``).
+    """Erdős–Rényi-Kernel densities, sized as RigL's ``sparse_utils.get_sparsities_erdos_renyi``
+    (google-research/rigl, ``include_kernel=True``, ``erk_power_scale=1``).
 
-    Each layer's density is eps * (sum of dims) / (product of dims); eps is set so the total
-    number of kept weights equals ``density`` times the total. A layer whose density would
-    exceed 1 is made dense, its weights leave the budget, and eps is solved again.
+    Each layer's raw score is (sum of dims) / (product of dims) and its density eps * raw. The
+    budget is whole per-layer counts, as the reference sizes it: eps * sum(raw_i N_i) =
+    sum(N_i - floor(s N_i)) over the sparse layers minus sum(floor(s N_j)) over the layers made
+    dense (s = 1 - density). While some eps * raw_i exceeds 1, every layer with the largest raw
+    score is made dense (the reference moves all layers tied at the maximum) and eps is solved
+    again. Each layer then keeps ``kept_count(N_i, eps * raw_i)`` weights.
     """
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
-    total = sum(sizes.values())
+    sparsity = 1.0 - density
+    zeros = {n: int(math.floor(sparsity * size + 1e-9)) for n, size in sizes.items()}
     dense: set[str] = set()
+    eps = 0.0
     while True:
-        budget = density * total - sum(sizes[n] for n in dense)
         rest = [n for n in shapes if n not in dense]
         if not rest:
             break
+        budget = sum(sizes[n] - zeros[n] for n in rest) - sum(zeros[n] for n in dense)
         eps = budget / sum(raw[n] * sizes[n] for n in rest)
-        over = [n for n in rest if eps * raw[n] > 1.0]
-        if not over:
+        top = max(raw[n] for n in rest)
+        if eps * top <= 1.0:
             break
-        # RigL moves only the layer with the largest raw score per iteration.
-        dense.add(max(over, key=lambda n: raw[n]))
+        dense.update(n for n in rest if raw[n] == top)
     return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
 
 
@@ -266,12 +271,11 @@ class Masking:
         return counts
 
     def init_from_scores(
-        self, scores: dict[str, torch.Tensor], density: float, keep: str = "largest"
+        self, scores: dict[str, torch.Tensor], n_keep: int, keep: str = "largest"
     ) -> None:
         """Global top-k over all layers' scores (``selection.top_k``; ``keep="smallest"`` for
-        the lowest scores): exactly kept_count(total, density) survive."""
+        the lowest scores): exactly ``n_keep`` weights survive (the caller's counting rule)."""
         flat = torch.cat([scores[n].flatten() for n in self.layers])
-        n_keep = kept_count(flat.numel(), density)
         global_mask = top_k(flat, n_keep, largest=keep == "largest")
         offset = 0
         for name, module in self.layers.items():

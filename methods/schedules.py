@@ -47,8 +47,15 @@ def cubic_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float, expo
 
 @dataclass(frozen=True)
 class PruningSchedule:
-    """GMP's update steps in a run of ``total_steps``: every ``frequency`` steps from ``begin``
-    and at ``end``."""
+    """GMP's update steps in a run of ``total_steps``.
+
+    TF's ``_maybe_update_masks`` updates when begin <= t <= end and last_update + frequency <= t
+    (last_update starts at 0), so the updates are at max(begin, frequency) + k frequency up to
+    ``end``, and none at ``end`` itself unless it falls on that grid. ``end`` is set to begin
+    plus a whole number of frequencies (the scaled span divided by the frequency, rounded),
+    as in the reference configuration (RigL CIFAR: 20000 to 75000 by 1000), so the last update
+    is at ``end`` and reaches the final sparsity exactly.
+    """
 
     begin: int
     end: int
@@ -58,17 +65,20 @@ class PruningSchedule:
     def scaled(cls, begin_fraction: float, end_fraction: float, frequency_fraction: float,
                total_steps: int) -> PruningSchedule:
         begin = scaled(begin_fraction, total_steps)
-        end = max(begin, scaled(end_fraction, total_steps))
-        return cls(begin, end, max(1, scaled(frequency_fraction, total_steps)))
+        frequency = max(1, scaled(frequency_fraction, total_steps))
+        span = max(0, scaled(end_fraction, total_steps) - begin)
+        return cls(begin, begin + int(round(span / frequency)) * frequency, frequency)
+
+    def first(self) -> int:
+        return max(self.begin, self.frequency)
 
     def is_update_step(self, step: int) -> bool:
-        if step < self.begin or step > self.end:
-            return False
-        return (step - self.begin) % self.frequency == 0 or step == self.end
+        first = self.first()
+        return first <= step <= self.end and (step - first) % self.frequency == 0
 
     def points(self) -> list[int]:
         """The steps at which masks change (for documentation and tests)."""
-        return [s for s in range(self.begin, self.end + 1) if self.is_update_step(s)]
+        return list(range(self.first(), self.end + 1, self.frequency))
 
 
 # --- the DSR reference run (WRN-28-2, CIFAR-10) -----------------------------------------------

@@ -34,7 +34,7 @@ def top_k(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None,
     out = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k == 0:
         return out.view_as(scores)
-    kth = torch.topk(flat, k, sorted=False).values.min()
+    kth = kth_largest(flat, k)
     above = flat > kth
     ties = flat == kth
     if eligible is not None:
@@ -43,6 +43,12 @@ def top_k(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None,
     need = k - above.sum()
     out = above | (ties & (torch.cumsum(ties, 0) <= need))
     return out.view_as(scores)
+
+
+def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry of ``scores`` (1 <= k <= numel), as a 0-d tensor: the threshold
+    rules of pruning references (GraSP keeps what is <= its k-th largest score)."""
+    return torch.topk(scores.detach().flatten(), k, sorted=False).values.min()
 
 
 def random_k(eligible: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

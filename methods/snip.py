@@ -6,8 +6,10 @@ and ``snip/prune.py``:
 1. Put a multiplicative mask c = 1 on every prunable weight.
 2. On one mini-batch of training data, g = dL(c * w)/dc = w * dL/dw.
 3. Score |g| (the reference divides by sum |g|, which does not change the ranking).
-4. Keep the global top-k over all prunable weights, k = kept_count(N, density); no per-layer
-   constraint, so first and last layers compete with the rest.
+4. Keep the global top-k over all prunable weights, k = int(round(N (1 - s))) as
+   ``create_sparse_mask`` counts it (Python's round: 86 of 864 at s = 0.9, where
+   N - floor(s N) would keep 87); no per-layer constraint, so first and last layers compete
+   with the rest.
 
 Details kept from the reference code:
 
@@ -103,11 +105,17 @@ def snip_scores(
     }
 
 
+def snip_kept_count(numel: int, density: float) -> int:
+    """``create_sparse_mask``'s kappa: int(round(numel * (1 - target_sparsity)))."""
+    return int(round(numel * density))
+
+
 def keep_top_scores(masking: Masking, scores: dict[str, torch.Tensor], density: float,
                     distribution: str) -> None:
-    """Masks from scores: global top-k for ``learned``, per-layer top-k otherwise."""
+    """Masks from scores: global top-k for ``learned`` (snip-public's count,
+    ``snip_kept_count``), per-layer top-k with RigL's ``kept_count`` otherwise."""
     if distribution == "learned":
-        masking.init_from_scores(scores, density)
+        masking.init_from_scores(scores, snip_kept_count(masking.total(), density))
         return
     densities = layer_densities(masking.shapes(), density, distribution)
     for name, score in scores.items():

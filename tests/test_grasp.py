@@ -21,9 +21,11 @@ from methods.grasp import (
     fetch_per_class,
     gradient_and_hessian_gradient,
     grasp_scores,
+    keep_at_most_threshold,
     passes,
+    reference_init,
 )
-from methods.masking import Masking, kept_count
+from methods.masking import Masking
 
 T = 200.0
 
@@ -95,7 +97,7 @@ def test_sign_convention_on_a_two_weight_case_solved_by_hand():
         assert without_a > base > without_b
 
         masking = Masking.attach(model, "all")
-        masking.init_from_scores({"": scores}, density=0.5, keep="smallest")
+        masking.init_from_scores({"": scores}, 1, keep="smallest")
         assert masking.masks[""].flatten().tolist() == [False, True]
         assert model.weight.detach().flatten().tolist() == [0.0, b]
 
@@ -156,9 +158,11 @@ def reference_scores(model, ctx, method_generator_state, hp):
     on a copy re-initialised the way the method does, over all Conv/Linear weights."""
     import copy
 
-    scorer = copy.deepcopy(model).train()
     gen = torch.Generator()
     gen.set_state(method_generator_state)
+    model = copy.deepcopy(model)
+    reference_init(model, gen)
+    scorer = copy.deepcopy(model).train()
     for module in scorer.modules():
         if isinstance(module, nn.Linear):
             fresh = torch.empty(module.weight.shape)
@@ -196,21 +200,65 @@ def test_setup_removes_exactly_the_largest_scores(target, policy):
     assert torch.equal(torch.get_rng_state(), rng)
     masks = ctx.masking.masks
     total = sum(m.numel() for m in masks.values())
-    assert sum(int(m.sum()) for m in masks.values()) == kept_count(total, 1 - target)
-    assert total - sum(int(m.sum()) for m in masks.values()) == math.floor(target * total + 1e-9)
+    # The reference removes the scores above its k-th largest, k = int(N s): k - 1 weights.
+    assert total - sum(int(m.sum()) for m in masks.values()) == int(total * target) - 1
 
     expected = reference_scores(MNIST1DCNN_with(own), ctx, state, hp)
     flat = torch.cat([expected[n].flatten() for n in masks])
     kept = torch.cat([m.flatten() for m in masks.values()])
     # Every removed weight scores at least as high as every kept one (fp tolerance).
     assert flat[~kept].min() >= flat[kept].max() - 1e-6 * flat.abs().max()
-    # The trained network keeps its own initialisation (Linear re-init is the copy's only).
+    # The trained network is the reference-initialised one (the Linear Xavier re-draw is the
+    # scoring copy's only).
+    gen = torch.Generator()
+    gen.set_state(state)
+    inited = MNIST1DCNN_with(own)
+    reference_init(inited, gen)
     for name, p in model.named_parameters():
         layer = name.rsplit(".", 1)[0]
         mask = masks.get(layer) if name.endswith("weight") else None
-        assert torch.equal(p.detach(), own[name] * mask if mask is not None else own[name])
+        want = inited.get_parameter(name).detach()
+        assert torch.equal(p.detach(), want * mask if mask is not None else want)
     for name in {"conv1", "conv2", "conv3", "linear"} - set(masks):
         assert bool((getattr(model, name).weight != 0).all())
+
+
+def test_removal_count_is_the_references_threshold_rule():
+    # Issue 11: 864 distinct scores at s = 0.5: threshold = the 432nd largest, kept <= it: 433.
+    layer = nn.Linear(36, 24, bias=False)
+    masking = Masking.attach(layer, "all")
+    scores = torch.randperm(864, generator=torch.Generator().manual_seed(0)).float().view(24, 36)
+    keep_at_most_threshold(masking, {"": scores}, 0.5)
+    mask = masking.masks[""]
+    assert int(mask.sum()) == 433
+    assert torch.equal(mask, scores <= 432)  # 432 is the 432nd largest of 0..863: kept
+    # Ties at the threshold all survive: 10 equal scores, remove int(10 * 0.3) = 3.
+    masking = Masking.attach(nn.Linear(5, 2, bias=False), "all")
+    keep_at_most_threshold(masking, {"": torch.tensor([[5.0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])}, 0.3)
+    assert int(masking.masks[""].sum()) == 9  # only the 5 is above the 3rd largest (1)
+
+
+def test_reference_init_is_weights_init():
+    torch.manual_seed(0)
+    model = MNIST1DCNN()
+    reference_init(model, torch.Generator().manual_seed(1))
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            fan_out = module.weight.shape[0] * module.weight.shape[2]
+            # Kaiming normal, fan-out, ReLU gain: std sqrt(2 / fan_out).
+            std = float(module.weight.detach().std())
+            assert abs(std / math.sqrt(2 / fan_out) - 1) < 0.15, (std, fan_out)
+        if isinstance(module, nn.Linear):
+            assert abs(float(module.weight.detach().std()) / 0.01 - 1) < 0.15
+        if isinstance(module, (nn.Conv1d, nn.Linear)) and module.bias is not None:
+            assert not module.bias.any()
+    # Same generator state, same weights; the global RNG is not used.
+    again = MNIST1DCNN()
+    rng = torch.get_rng_state()
+    reference_init(again, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), rng)
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def MNIST1DCNN_with(state):

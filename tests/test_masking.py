@@ -68,12 +68,13 @@ def test_erk_matches_hand_computation_and_makes_small_layers_dense():
     assert densities["c"] == 1.0
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
-    budget = 0.5 * sum(sizes.values()) - sizes["c"]
+    # Whole counts (RigL): sum(N - floor(0.5 N)) over a, b minus floor(0.5 N_c) for dense c.
+    budget = (sizes["a"] - sizes["a"] // 2) + (sizes["b"] - sizes["b"] // 2) - sizes["c"] // 2
     eps = budget / (raw["a"] * sizes["a"] + raw["b"] * sizes["b"])
     assert densities["a"] == pytest.approx(eps * raw["a"], rel=1e-12)
     assert densities["b"] == pytest.approx(eps * raw["b"], rel=1e-12)
     kept = sum(densities[n] * sizes[n] for n in shapes)
-    assert kept == pytest.approx(0.5 * sum(sizes.values()), rel=1e-12)
+    assert kept == pytest.approx(7510, rel=1e-12)
 
 
 def test_erk_without_dense_layers_is_proportional_to_raw_score():
@@ -82,8 +83,32 @@ def test_erk_without_dense_layers_is_proportional_to_raw_score():
     raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
     ratio = raw["a"] / raw["b"]
     assert d["a"] / d["b"] == pytest.approx(ratio)
-    total = sum(math.prod(s) for s in shapes.values())
-    assert sum(d[n] * math.prod(s) for n, s in shapes.items()) == pytest.approx(0.1 * total)
+    # The budget is whole per-layer counts (RigL): (36864 - 33177) + (73728 - 66355) = 11060,
+    # not 0.1 * 110592 = 11059.2.
+    assert sum(d[n] * math.prod(s) for n, s in shapes.items()) == pytest.approx(11060)
+
+
+@pytest.mark.parametrize("model, input_shape, target, per_layer", [
+    # RigL's sparse_utils on these shapes (issue 11): our old density * total budget kept
+    # 59/100/100/255 at 0.9, 258 at 0.95 and 15,473 on resnet8 at 0.8.
+    ("mnist1d_cnn", (1, 40), 0.9, [59, 101, 101, 256]),
+    ("mnist1d_cnn", (1, 40), 0.95, [30, 51, 51, 129]),
+    ("resnet8", (3, 32, 32), 0.8, [432, 1033, 1033, 1467, 1902, 512, 2771, 3641, 2048, 640]),
+])
+def test_erk_counts_are_rigls(model, input_shape, target, per_layer):
+    from bench.models import build_model
+
+    masking = Masking.attach(build_model(model, 10, input_shape), "all")
+    counts = masking.init_random(1 - target, "erk", torch.Generator().manual_seed(0))
+    assert list(counts.values()) == per_layer == list(masking.nonzero().values())
+    assert sum(per_layer) == {0.9: 517, 0.95: 261, 0.8: 15_479}[target]
+
+
+def test_erk_makes_every_layer_tied_at_the_top_dense_at_once():
+    # b and c tie at raw 0.6; the reference moves both into the dense set in one iteration.
+    # Budget for a: (10000 - 5000) - 10 - 10 = 4980 = eps * 0.02 * 10000.
+    d = erk_densities({"a": (100, 100), "b": (10, 2), "c": (2, 10)}, 0.5)
+    assert d == {"a": pytest.approx(0.498), "b": 1.0, "c": 1.0}
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -120,8 +145,8 @@ def test_global_top_k_from_scores_keeps_exactly_k():
     model = Tiny()
     masking = Masking.attach(model, "dense_last")
     scores = {n: torch.rand_like(m.weight) for n, m in masking.layers.items()}
-    masking.init_from_scores(scores, 0.2)
     total = masking.total()
+    masking.init_from_scores(scores, kept_count(total, 0.2))
     assert sum(masking.nonzero().values()) == kept_count(total, 0.2)
     threshold = torch.cat([scores[n][masking.masks[n]] for n in scores]).min()
     dropped = torch.cat([scores[n][~masking.masks[n]] for n in scores]).max()

@@ -42,7 +42,9 @@ def test_default_topology_is_erdos_renyi_and_dsr_variant_uniform():
     # ERK at 80%: the conv layer's raw density exceeds 1 so it is dense; eps solved on the rest.
     counts = masking.nonzero()
     assert counts["conv"] == 18
-    assert sum(counts.values()) == 1298 - int(0.8 * 1298)  # 260 of 1298 (kept_count rule +-1)
+    # RigL's budget: (1200 - 960) + (80 - 64) - floor(0.8 * 18) = 242 for fc1 and fc2, eps =
+    # 242 / (80 + 24); each layer keeps N - floor((1 - eps raw) N): 187 and 56.
+    assert counts == {"conv": 18, "fc1": 187, "fc2": 56}
     _, masking, _, _ = build(config(SETHparams(variant="dsr")))
     assert masking.nonzero() == {"conv": 4, "fc1": 240, "fc2": 16}
 

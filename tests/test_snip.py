@@ -12,7 +12,7 @@ from bench.config import MethodConfig, RunConfig, SparsityConfig
 from bench.models.mnist1d import MNIST1DCNN, MNIST1DMLP
 from methods.base import SetupContext
 from methods.masking import Masking, kept_count, layer_densities
-from methods.snip import SNIP, SNIPHparams, snip_scores, take_examples
+from methods.snip import SNIP, SNIPHparams, snip_kept_count, snip_scores, take_examples
 
 
 def make_ctx(model, target=0.9, policy="all", hparams=None, data=None, distribution="default",
@@ -87,7 +87,9 @@ def test_exactly_k_survive_and_they_are_the_top_scores(target):
     masks = ctx.masking.masks
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    assert kept == kept_count(total, 1 - target)
+    # snip-public's kappa = int(round(N (1 - s))) of N = 5125: 2562 at 0.5 (2562.5 rounds to
+    # even) and 512 at 0.9 (512.4999...), where N - floor(s N) keeps 2563 and 513.
+    assert kept == int(round(total * (1 - target))) == {0.5: 2562, 0.9: 512, 0.98: 103}[target]
     for name, module in ctx.masking.layers.items():
         assert torch.equal(module.weight != 0, masks[name] & (before[f"{name}.weight"] != 0))
     # Brute force: the global score threshold separates kept from pruned.
@@ -128,7 +130,14 @@ def test_layer_policy_keeps_the_dense_layers_whole(policy):
         assert not hasattr(module, "weight_mask")
         assert bool((module.weight != 0).all())
     total = sum(m.weight.numel() for m in ctx.masking.layers.values())
-    assert sum(ctx.masking.nonzero().values()) == kept_count(total, 0.05)
+    assert sum(ctx.masking.nonzero().values()) == int(round(total * 0.05))
+
+
+def test_global_count_is_snip_publics_rounding():
+    # Issue 11: 86 of 864 at s = 0.9 (864 * 0.1 = 86.4 rounds down), not 864 - 777 = 87.
+    assert snip_kept_count(864, 1 - 0.9) == 86
+    assert snip_kept_count(5210, 1 - 0.98) == 104
+    assert snip_kept_count(10, 1 - 0.75) == 2  # 2.5 rounds half to even, as Python's round
 
 
 def test_independent_init_scores_a_redrawn_copy_and_keeps_the_trained_weights():
