@@ -2,7 +2,7 @@
 
 Importing the registries (methods, models, datasets, grids) imports torch, which takes 2-5 s;
 listing names should not. So this module reads the same definitions statically with ``ast``:
-the method classes named in ``methods/__init__.py``'s ``REGISTRY`` (their ``name`` and the
+the method classes named in ``methods/registry.py``'s ``METHODS`` (their ``name`` and the
 first line of their docstring), the ``ModelSpec(...)`` entries of ``bench/models/__init__.py``,
 the ``DatasetSpec(...)`` entries of ``bench/data/__init__.py``, and the built-in grid TOML
 files. tests/test_cli.py checks every listing against the imported registries, so a change to
@@ -72,15 +72,11 @@ def _class_attr(cls: ast.ClassDef, attr: str):
 @cache
 def methods() -> dict[str, str]:
     """Registry name -> the first line of the class's docstring (else its module's)."""
-    tree = _tree(METHODS / "__init__.py")
-    imports = _imports(tree)
-    classes: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.comprehension) and isinstance(node.iter, ast.Tuple):
-            classes += [e.id for e in node.iter.elts if isinstance(e, ast.Name)]
+    entries = ast.literal_eval(_registry_node(METHODS / "registry.py", "METHODS"))
     out = {}
-    for cls_name in classes:
-        cls, module = _find_class(imports[cls_name], cls_name)
+    for entry in entries.values():
+        module_name, cls_name = entry.split(":")
+        cls, module = _find_class(module_name, cls_name)
         name = _class_attr(cls, "name")
         if not name:
             raise LookupError(f"method class {cls_name} has no literal `name`")
