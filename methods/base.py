@@ -16,6 +16,13 @@ The trainer calls the hooks in this order for every run::
         method.end_epoch(model, optimizer, epoch)
     model = method.finalize(model)
 
+The dense-gradient rule: when ``after_backward`` runs, every weight's ``.grad`` is the gradient
+of the batch loss with respect to the *masked* weights (masked weights are exactly zero, so this
+is dL/d(w * m)), at masked positions too: nothing has masked it yet. A method that needs that
+unmasked gradient (RigL grows where |dL/d(w * m)| is largest) reads it there, before calling
+``MaskedMethod.after_backward``, which masks the gradients. A parameter whose ``.grad`` a method
+sets to None is skipped by the optimizer step that follows (RigL's no-step mask-update batch).
+
 A method overrides only what it needs. Everything it must carry across a resume goes through
 ``state_dict``/``load_state_dict`` (tensors and plain Python values only: checkpoints are loaded
 with ``torch.load(weights_only=True)``). Masks live on the model as buffers, so they are in the

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from bench.config import check
+from bench.models.inits import grasp_init
 from methods.base import Batch, MaskedMethod, SetupContext
 from methods.masking import PRUNABLE_TYPES, Masking
 from methods.selection import kth_largest
@@ -132,28 +133,15 @@ def grasp_scores(model: nn.Module, prunable: list[str], halves: list[Batch], los
     return {n: -(convlin[n].weight.detach() * by_name[n]) for n in prunable}
 
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
 @torch.no_grad()
 def reference_init(model: nn.Module, generator: torch.Generator) -> None:
-    """``weights_init`` of the reference (see step 0), values drawn on CPU from `generator` in
-    module order and copied to the model's device."""
-    for module in model.modules():
-        if isinstance(module, CONV_TYPES + (nn.Linear,)):
-            fresh = torch.empty(module.weight.shape)
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(fresh, 0.0, 0.01, generator=generator)
-            else:
-                nn.init.kaiming_normal_(fresh, mode="fan_out", nonlinearity="relu",
-                                        generator=generator)
-            module.weight.copy_(fresh)
-            if module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, BN_TYPES) and module.affine:
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+    """``weights_init`` of the reference (step 0; ``bench.models.inits.grasp_init``), drawn
+    under a seed taken from `generator`; the caller's global RNG state is left untouched."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model.apply(grasp_init)
 
 
 def keep_at_most_threshold(masking: Masking, scores: dict[str, torch.Tensor],

@@ -64,10 +64,13 @@ def build(cfg):
     return model, masking, method, opt
 
 
-def train(model, method, opt, start, stop, check=None):
+def train(model, method, opt, start, stop, check=None, data=None):
+    """Steps start+1..stop in the trainer's hook order, on ``data`` (x, y) of SPE batches of
+    BATCH (default: the Tiny model's X, Y)."""
+    xs, ys = (X, Y) if data is None else data
     for step in range(start + 1, stop + 1):
         i = (step - 1) % SPE
-        x, y = X[i * BATCH:(i + 1) * BATCH], Y[i * BATCH:(i + 1) * BATCH]
+        x, y = xs[i * BATCH:(i + 1) * BATCH], ys[i * BATCH:(i + 1) * BATCH]
         loss = F.cross_entropy(model(x), y)
         extra = method.extra_loss(model)
         total = loss if extra is None else loss + extra

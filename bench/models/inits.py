@@ -8,15 +8,17 @@ from torch import nn
 
 def grasp_init(m: nn.Module) -> None:
     """GraSP (alecwangcq/GraSP ``models/base/init_utils.py::weights_init``): conv weights He
-    normal in fan-out mode, Linear weights N(0, 0.01), biases 0, BN weight 1 / bias 0."""
-    if isinstance(m, nn.Conv2d):
+    normal in fan-out mode, Linear weights N(0, 0.01), biases 0, BN weight 1 / bias 0. The
+    reference has only 2-d layers; 1-d and 3-d ones get the same rule (GraSP's pruning on them)."""
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, 0.0, 0.01)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and m.affine:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
 
