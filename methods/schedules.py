@@ -133,17 +133,30 @@ class RewireSchedule:
         return [s for s in range(1, total_steps + 1) if self.is_rewire_step(s)]
 
 
+def _dsr_schedule_fields(same_length: str) -> dict:
+    return {
+        "phase_fractions": field(default=DSR_PHASE_FRACTIONS, metadata=check(ge=0, le=1)),
+        "period_fractions": field(default=DSR_PERIOD_FRACTIONS,
+                                  metadata=check(gt=0, le=1, same_length=same_length)),
+        "stop_fraction": field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1)),
+    }
+
+
+# The schedule's knobs for a hyperparameter class that names them ``dsr_*`` (SET).
+DSR_SCHEDULE_FIELDS = _dsr_schedule_fields("dsr_phase_fractions")
+
+
 @dataclass(frozen=True)
 class DSRScheduleHparams:
     """The DSR rewiring schedule's knobs, declared once for every method that rewires on it
     (DSR, SET's DSR variant): phase starts and the stop point as fractions of the run, periods
     as fractions of its total steps (defaults: the reference, see ``RewireSchedule``)."""
 
-    phase_fractions: tuple[float, ...] = field(default=DSR_PHASE_FRACTIONS,
-                                               metadata=check(ge=0, le=1))
-    period_fractions: tuple[float, ...] = field(
-        default=DSR_PERIOD_FRACTIONS, metadata=check(gt=0, le=1, same_length="phase_fractions"))
-    stop_fraction: float = field(default=DSR_STOP_FRACTION, metadata=check(ge=0, le=1))
+    phase_fractions: tuple[float, ...] = _dsr_schedule_fields("phase_fractions")[
+        "phase_fractions"]
+    period_fractions: tuple[float, ...] = _dsr_schedule_fields("phase_fractions")[
+        "period_fractions"]
+    stop_fraction: float = _dsr_schedule_fields("phase_fractions")["stop_fraction"]
 
     def rewire_schedule(self, total_steps: int) -> RewireSchedule:
         return RewireSchedule.scaled(self.phase_fractions, self.period_fractions,

@@ -54,7 +54,13 @@ from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.rewiring import DeviceRNG
-from methods.schedules import DSR_REF_N_PRUNE, DSR_REF_SPARSE_WEIGHTS, DSRScheduleHparams
+from methods.schedules import (
+    DSR_REF_N_PRUNE,
+    DSR_REF_SPARSE_WEIGHTS,
+    DSR_SCHEDULE_FIELDS,
+    DSRScheduleHparams,
+    RewireSchedule,
+)
 from methods.selection import random_k, reset_optimizer_state, top_k
 
 VARIANTS = ("paper", "dsr")
@@ -62,15 +68,21 @@ VARIANT_DISTRIBUTION = {"paper": "erk", "dsr": "uniform"}
 
 
 @dataclass(frozen=True)
-class SETHparams(DSRScheduleHparams):
-    """The rewiring schedule's knobs (``phase_fractions``, ``period_fractions``,
-    ``stop_fraction``, from ``DSRScheduleHparams``) and ``dsr_prune_fraction`` are used by
-    variant "dsr" only."""
-
+class SETHparams:
     variant: str = field(default="paper", metadata=check(choices=VARIANTS))
     zeta: float = field(default=0.3, metadata=check(ge=0, le=1))
+    # Used by variant "dsr" only: its prune fraction and the DSR rewiring schedule, whose knobs
+    # and defaults are ``schedules.DSRScheduleHparams``'s under their stored ``dsr_`` names
+    # (run folders on disk spell them so).
     dsr_prune_fraction: float = field(default=DSR_REF_N_PRUNE / DSR_REF_SPARSE_WEIGHTS,
                                       metadata=check(gt=0, le=1))
+    dsr_phase_fractions: tuple[float, ...] = DSR_SCHEDULE_FIELDS["phase_fractions"]
+    dsr_period_fractions: tuple[float, ...] = DSR_SCHEDULE_FIELDS["period_fractions"]
+    dsr_stop_fraction: float = DSR_SCHEDULE_FIELDS["stop_fraction"]
+
+    def rewire_schedule(self, total_steps: int) -> RewireSchedule:
+        return DSRScheduleHparams(self.dsr_phase_fractions, self.dsr_period_fractions,
+                                  self.dsr_stop_fraction).rewire_schedule(total_steps)
 
 
 def keras_keep_counts(n_neg: int, n_pos: int, numel: int, zeta: float) -> tuple[int, int]:

@@ -207,8 +207,8 @@ def test_dsr_variant_zeta_reproduces_dsr_table():
 
 
 def test_dsr_variant_rewires_on_schedule_only():
-    cfg = config(SETHparams(variant="dsr", period_fractions=(0.25,) * 4,
-                            stop_fraction=0.75), epochs=4)
+    cfg = config(SETHparams(variant="dsr", dsr_period_fractions=(0.25,) * 4,
+                            dsr_stop_fraction=0.75), epochs=4)
     model, masking, method, opt = build(cfg)
     steps = []
     counts = masking.nonzero()
