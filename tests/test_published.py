@@ -257,7 +257,7 @@ def test_missing_default_file_means_none_but_a_named_file_must_exist(tmp_path, m
 
 BAD = [
     # (the entry's replacement text, expected line within the file, message fragment)
-    ('method = "rigl"', 'unknown method \'rigl\'; valid: deepr, dense, dsr'),
+    ('method = "snfs"', 'unknown method \'snfs\'; valid: deepr, dense, dsr'),
     ('model = "wrn40_4"', "unknown model 'wrn40_4'"),
     ('dataset = "imagenet21k"', "unknown dataset 'imagenet21k'"),
     ("sparsity = 1.0", "sparsity must be a number in [0, 1), got 1.0"),
