@@ -41,6 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
     from bench.launch import plan, run_debug, run_local
+    from bench.progress import Watcher
+    from bench.run import run_folder
 
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
@@ -56,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              if getattr(args, f.lstrip("-").replace("-", "_"), None)]
     if given and args.executor != "slurm":
         raise UserError(f"{given[0]} only applies to --executor slurm")
+    _epoch_loggers(args)
     # Everything checkable before training, for the whole grid, before anything is written.
     check_root(root, Path(args.out) if args.out else None)
     check_runs(runs, data_root, devices=args.executor != "slurm")
@@ -81,12 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                           f"{status}")
             bar.update(1)
 
-        if args.executor == "debug":
-            run_debug(todo, root, data_root, retry_failed=args.retry_failed,
-                      on_result=on_result)
-        else:
-            run_local(todo, root, data_root, jobs=args.jobs, retry_failed=args.retry_failed,
-                      on_result=on_result)
+        # One bar per run in flight under the grid's bar: epoch and steps, from each run's
+        # progress file (bench.progress).
+        watched = [run_folder(root, run.config) for run in todo.order]
+        with Watcher(watched, enabled=not args.quiet and bar.disable is False):
+            if args.executor == "debug":
+                run_debug(todo, root, data_root, retry_failed=args.retry_failed,
+                          on_result=on_result)
+            else:
+                run_local(todo, root, data_root, jobs=args.jobs,
+                          retry_failed=args.retry_failed, on_result=on_result)
     print(f"trained {len(todo.order)} runs in {time.perf_counter() - started:.0f} s"
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
@@ -163,6 +170,27 @@ def _dry_run(args: argparse.Namespace, grid, runs, root: Path) -> int:
     print(f"{len(runs)} runs in grid {grid.name}{_added(todo.added)}: {len(todo.done)} "
           f"already done, {len(todo.order)} to train")
     return 0
+
+
+def _epoch_loggers(args: argparse.Namespace) -> None:
+    """--tensorboard / --wandb: checked here (one line and exit 2 when the package is
+    missing, before anything trains) and handed to the runs through the environment, which
+    the local executor's subprocesses inherit (bench.loggers)."""
+    from bench import loggers
+
+    for flag, value, env, module, extra in (
+        ("--tensorboard", args.tensorboard, loggers.TENSORBOARD_ENV, "tensorboard",
+         "tensorboard"),
+        ("--wandb", args.wandb, loggers.WANDB_ENV, "wandb", "wandb"),
+    ):
+        if not value:
+            continue
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"{flag} needs the {module} package: "
+                            f"pip install 'sparsebench[{extra}]'") from None
+        os.environ[env] = str(Path(value).resolve()) if flag == "--tensorboard" else value
 
 
 def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False) -> None:
@@ -400,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "debug", "slurm"), default="local",
                      help="local: subprocesses, --jobs at a time (default); debug: one after "
                      "another in this process; slurm: submit job arrays and return")
+    run.add_argument("--tensorboard", metavar="DIR", help="also log each epoch's metrics "
+                     "to TensorBoard under DIR/<run> (needs the tensorboard extra)")
+    run.add_argument("--wandb", metavar="PROJECT", help="also log each epoch's metrics to "
+                     "Weights & Biases, offline unless WANDB_MODE says otherwise (needs the "
+                     "wandb extra)")
     run.add_argument("--jobs", type=int, help="local executor: runs at once (default: the "
                      "number of cores / the runs' train.cpu_threads)")
     slurm = run.add_argument_group("SLURM (--executor slurm; override the grid's [slurm] table)")

@@ -26,6 +26,7 @@ from bench.failures import classify, retried_by_plain_rerun
 from bench.flops import ModelCounts, count
 from bench.locks import exclusive_run
 from bench.models import build_model
+from bench.progress import RunWatch
 from bench.store import RESULT_SCHEMA_VERSION
 from bench.train import Diverged, Interrupted, Trainer, resolve_device, resolve_hparams
 from methods import get_method
@@ -138,9 +139,13 @@ def run_one(
         "device": str(resolve_device(config.train.device)),
         "versions": versions(),
     }
+    # Progress file for `sparsebench run`'s bars, and the optional TensorBoard / W&B loggers.
+    watch = RunWatch(folder, config, base["config"],
+                     lambda: sum(p.train.epochs for p in trainer.method.phases()))
     trainer = Trainer(config, folder, root=Path(root), data_root=data_root,
                       should_stop=should_stop, stop_after_epoch=stop_after_epoch, log=log,
-                      progress=progress, on_epoch=lambda h: _write_metrics(folder, h))
+                      progress=watch.progress(progress),
+                      on_epoch=watch.on_epoch(lambda h: _write_metrics(folder, h)))
     started = time.perf_counter()
     try:
         with intra_op_threads(config.train):
@@ -158,6 +163,8 @@ def run_one(
                   "wall_time_s": time.perf_counter() - started}
         store.atomic_write_json(folder / store.RESULT, result)
         return store.read_result(folder)
+    finally:
+        watch.close()
 
     counts = count(outcome.model, outcome.data.input_shape)
     store.atomic_torch_save(outcome.model.state_dict(), folder / MODEL_FILE)
