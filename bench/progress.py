@@ -127,7 +127,8 @@ class Watcher:
         from tqdm import tqdm
 
         for folder in self.folders:
-            state = None if store.is_done(folder) else read(folder)
+            # A result on disk (valid or not) means the run has ended.
+            state = None if (folder / store.RESULT).exists() else read(folder)
             bar = self.bars.get(folder)
             if state is None:
                 if bar is not None:
