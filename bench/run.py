@@ -21,6 +21,7 @@ import torch
 
 import bench
 from bench import store
+from bench.budget import budget_error, calibration_flag
 from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
 from bench.failures import classify, retried_by_plain_rerun
 from bench.flops import ModelCounts, count
@@ -188,9 +189,17 @@ def run_one(
         "history": outcome.history,
         "method_summary": outcome.method.summary(),
         "wall_time_s": outcome.wall_time_s,
+        # For the report's at-chance rule (bench.report.eligibility).
+        "num_classes": outcome.data.num_classes,
+        "test_examples": len(outcome.data.test),
     }
+    result |= calibration_flag(result["method_summary"])
+    missed = budget_error(outcome.method, outcome.model, counts)
+    if missed:  # a fixed budget not met is not the experiment the row names (issue 11)
+        result |= {"status": "failed", "error": missed}
     store.atomic_write_json(folder / store.RESULT, result)
-    log(f"done: top1={result['top1']:.2f} nonzero={counts.params_nonzero}")
+    log(f"{'failed: ' + missed if missed else 'done:'} top1={result['top1']:.2f} "
+        f"nonzero={counts.params_nonzero}")
     # The checkpoint is no longer needed once the result and final model are on disk.
     (folder / store.CHECKPOINT).unlink(missing_ok=True)
     # Return what is on disk, so a fresh result and a skipped one compare equal.

@@ -173,6 +173,22 @@ class Method:
         """Method-specific facts for result.json (e.g. calibrated knobs, rewiring counts)."""
         return {}
 
+    def promised_nonzero(self, model: nn.Module, masking: Masking) -> int | None:
+        """The exact nonzero parameter count (``bench.flops``: every parameter minus the masked-out
+        weights) this method promises for `model` at the end of training, from the same rule that
+        sets its masks; None when training decides the count (``fixed_budget`` False).
+        ``bench.run`` fails a run whose final count differs (issue 11: a run that missed its
+        budget is not the experiment its row names). Default: the per-layer budget of
+        ``Masking.layer_counts`` at the run's density and distribution (static, SET, GMP); a
+        method that builds its masks another way overrides this next to that code."""
+        if not self.fixed_budget:
+            return None
+        params = sum(p.numel() for p in model.parameters())
+        if not self.uses_sparsity:
+            return params
+        kept = sum(masking.layer_counts(self.density, self.distribution).values())
+        return params - masking.total() + kept
+
     # --- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

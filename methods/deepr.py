@@ -157,6 +157,13 @@ class DeepR(MaskedMethod):
         self._noise_views = self.flat.chunks(self._noise)
         self._reconnected = torch.zeros((), dtype=torch.int64, device=ctx.device)
 
+    def promised_nonzero(self, model: nn.Module, masking) -> int | None:
+        """Rewiring keeps the total of the initial draw (uniform when the distribution is
+        learned)."""
+        init = "uniform" if self.distribution == "learned" else self.distribution
+        params = sum(p.numel() for p in model.parameters())
+        return params - masking.total() + sum(masking.layer_counts(self.density, init).values())
+
     # --- schedule ---------------------------------------------------------------------------
     def temperature(self, step: int) -> float:
         hp = self.hparams

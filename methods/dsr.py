@@ -110,6 +110,12 @@ class DSR(MaskedMethod):
         self.rng = DeviceRNG(self.generator, ctx.device)
         self.layers = ctx.masking.flat()
 
+    def promised_nonzero(self, model: nn.Module, masking) -> int | None:
+        """Reallocation moves weights between layers but keeps the uniform start's total."""
+        params = sum(p.numel() for p in model.parameters())
+        uniform = masking.layer_counts(self.density, "uniform")
+        return params - masking.total() + sum(uniform.values())
+
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
         super().after_step(model, optimizer, step)

@@ -192,3 +192,9 @@ class GraSP(MaskedMethod):
         scores = grasp_scores(scorer, list(ctx.masking.layers), halves, ctx.loss_fn,
                               hp.temperature)
         keep_at_most_threshold(ctx.masking, scores, self.target)
+
+    def promised_nonzero(self, model: nn.Module, masking) -> int | None:
+        """None: the reference keeps every weight whose score ties the threshold
+        (``keep_at_most_threshold``), so the count depends on the scores, not on the target
+        alone."""
+        return None

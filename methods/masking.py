@@ -261,14 +261,23 @@ class Masking:
         self, density: float, distribution: str, generator: torch.Generator
     ) -> dict[str, int]:
         """Random masks with an exact per-layer kept count; returns the counts."""
-        densities = layer_densities(self.shapes(), density, distribution)
-        counts = {}
+        counts = self.layer_counts(density, distribution)
         for name, module in self.layers.items():
-            n_keep = kept_count(module.weight.numel(), densities[name])
-            self.set_mask(name, random_mask(module.weight.shape, n_keep, generator))
-            counts[name] = n_keep
+            self.set_mask(name, random_mask(module.weight.shape, counts[name], generator))
         self.apply()
         return counts
+
+    def layer_counts(self, density: float, distribution: str) -> dict[str, int]:
+        """Exactly how many weights each layer keeps at `density` spread by `distribution`:
+        the per-layer budget ``init_random`` draws and ``Method.promised_nonzero`` promises."""
+        densities = layer_densities(self.shapes(), density, distribution)
+        return {name: kept_count(module.weight.numel(), densities[name])
+                for name, module in self.layers.items()}
+
+    def global_count(self, density: float) -> int:
+        """Exactly how many weights a global top-k over every layer keeps
+        (``init_from_scores``)."""
+        return kept_count(self.total(), density)
 
     def init_from_scores(
         self, scores: dict[str, torch.Tensor], n_keep: int, keep: str = "largest"

@@ -147,3 +147,10 @@ class SNIP(MaskedMethod):
         scores = snip_scores(scorer, layers, batches, ctx.loss_fn)
         scorer.train(was_training)
         keep_top_scores(ctx.masking, scores, self.density, self.distribution)
+
+    def promised_nonzero(self, model: nn.Module, masking: Masking) -> int | None:
+        """``keep_top_scores``' budget: the global top-k for ``learned``, else per layer."""
+        if self.distribution != "learned":
+            return super().promised_nonzero(model, masking)
+        params = sum(p.numel() for p in model.parameters())
+        return params - masking.total() + snip_kept_count(masking.total(), self.density)
