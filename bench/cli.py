@@ -320,9 +320,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     baseline = check.load_baseline(Path(args.baseline))
     only = parse_only(args.only)
-    comp = check.compare(baseline, check.cells(check.load_runs(root, only)),
-                         sigmas=args.sigmas, floor=args.floor,
-                         allow_missing=args.allow_missing, only=only)
+    runs = check.load_runs(root, only)
+    comp = check.compare(baseline, check.cells(runs), sigmas=args.sigmas, floor=args.floor,
+                         allow_missing=args.allow_missing, only=only,
+                         current_fingerprint=check.common_fingerprint(runs))
     if not comp.checks:
         raise UserError(f"--only {args.only} matches no cell of {args.baseline} or {root}")
     src = baseline["pinned_from"]

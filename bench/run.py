@@ -24,6 +24,7 @@ from bench import store
 from bench.budget import budget_error, calibration_flag
 from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
 from bench.failures import classify, retried_by_plain_rerun
+from bench.fingerprint import fingerprint
 from bench.flops import ModelCounts, count
 from bench.locks import exclusive_run
 from bench.models import build_model
@@ -151,6 +152,7 @@ def run_one(
     try:
         with intra_op_threads(config.train):
             base["torch_threads"] = torch.get_num_threads()
+            base["fingerprint"] = fingerprint(base["device"], base["torch_threads"])
             outcome = trainer.run()
     except Interrupted as stop:
         log(f"interrupted: {stop}")

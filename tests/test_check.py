@@ -167,7 +167,8 @@ def test_pin_is_byte_stable_with_sorted_keys(tmp_path):
     text = a.read_text()
     data = json.loads(text)
     # fixed key order, metadata before cells; number lists on one line
-    assert list(data) == ["schema", "kind", "pinned_from", "pinned_with", "default_std",
+    assert list(data) == ["schema", "kind", "pinned_from", "pinned_with", "fingerprint",
+                          "default_std",
                           "default_std_source", "default_sparsity_std",
                           "default_sparsity_std_source", "cells"]
     assert list(data["cells"][0])[:5] == ["model", "dataset", "method", "method_label",
@@ -204,8 +205,9 @@ def test_single_seed_cell_uses_default_std_and_improvements_pass(tmp_path):
     # static: 3 * sqrt(2/2 + 2/2) = 4.243 < 5
     assert cells["static", 0.9].tol == pytest.approx(3 * math.sqrt(2))
     assert cells["static", 0.9].verdict == "improved"
-    assert comp.counts == {"recipe differs": 0, "regressed": 1, "counts changed": 0,
-                           "failed": 0, "improved": 1, "ok": 3, "missing": 0, "new": 0}
+    assert comp.counts == {"recipe differs": 0, "n changed": 0, "not identical": 0,
+                           "regressed": 1, "counts changed": 0, "failed": 0, "improved": 1,
+                           "ok": 3, "missing": 0, "new": 0}
     assert comp.failed
     only_improved = _compare(baseline, tmp_path, _shift(BASE, "static", +5.0), "c")
     assert not only_improved.failed
@@ -312,12 +314,12 @@ def test_only_filters_baseline_and_results_alike(tmp_path):
     only = {"method": "gmp", "sparsity": "0.9"}
     comp = check.compare(baseline, check.cells(check.load_runs(root, only)), only=only)
     assert [(c.method_label, c.verdict) for c in comp.checks] == [("gmp", "ok")]
-    # by seed: a one-seed rerun against the 3-seed baseline cell, default_std on its side
+    # by seed: the 3-seed baseline cell is cut down to that seed (82.0), default_std both sides
     only = {"method": "gmp", "seed": "2"}
     comp = check.compare(baseline, check.cells(check.load_runs(root, only)), only=only)
     (gmp,) = comp.checks
-    assert (gmp.cur_n, gmp.cur_top1, gmp.delta) == (1, 82.0, 1.0)
-    assert gmp.tol == pytest.approx(3 * math.sqrt(1 / 3 + DEFAULT_STD**2 / 1))
+    assert (gmp.base_n, gmp.cur_n, gmp.cur_top1, gmp.delta) == (1, 1, 82.0, 0.0)
+    assert gmp.tol == pytest.approx(3 * math.sqrt(2) * DEFAULT_STD)
     with pytest.raises(UserError, match="--only seed=x"):
         check.load_runs(root, parse_only("seed=x"))
 
@@ -381,7 +383,8 @@ def test_cli_exit_codes_and_table(tmp_path):
     same = run_cli("check", "--baseline", "b.json", "--root", str(base), cwd=tmp_path)
     assert same.returncode == 0, same.stderr
     lines = same.stdout.splitlines()
-    assert lines[1].startswith("rule: regression if top-1 mean < baseline - tol, tol = max(0.5, "
+    assert lines[1].startswith("rule: sigma fallback (the pin records no fingerprint): regression "
+                               "if top-1 mean < baseline - tol, tol = max(0.5, "
                                "3 * sqrt(s_b^2/n_b + s_c^2/n_c))")
     assert lines[-2:] == ["0 regressed, 0 counts changed, 0 failed, 0 improved, "
                           "5 within tolerance, 0 missing, 0 new", "check passed"]

@@ -7,7 +7,7 @@ The formatting is hand-written (no tabulate / jinja2) so the report needs nothin
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -106,14 +106,28 @@ def _fmt(value: object, f, missing: str) -> str:
 
 
 # --- writers -----------------------------------------------------------------------------------
+def markdown(header: list[str], rows: list[list[object]], right: Collection[int]) -> str:
+    """The project's one Markdown table writer (report tables and ``sparsebench check``):
+    columns padded to a common width so the text reads as a table in a terminal too, columns
+    in `right` right-aligned, ``|`` escaped, None/NaN shown as ``MISSING_MD``."""
+    head = [_md_escape(str(h)) for h in header]
+    body = [[_md_cell(v) for v in row] for row in rows]
+    widths = [max(3, *(len(r[i]) for r in [head, *body])) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else (":" + "-" * (w + 1))
+                          for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *map(line, body)]) + "\n"
+
+
 def to_markdown(frame: pd.DataFrame, index: bool) -> str:
+    """A DataFrame as a ``markdown`` table: first column left-aligned, the rest right."""
     frame = frame.reset_index() if index else frame
-    header = [str(c) for c in frame.columns]
-    rows = [[_md_cell(v) for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |"]
-    lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown([str(c) for c in frame.columns], [list(r) for r in
+                    frame.itertuples(index=False)], range(1, len(frame.columns)))
 
 
 def _md_cell(value: object) -> str:
