@@ -330,7 +330,7 @@ def test_cli_report_takes_a_published_file(built, tmp_path, capsys):
     assert main(["report", "--root", str(root), "--out", str(out),
                  "--published", str(good)]) == 0
     text = (out / f"{MODEL}-{DATA}" / "accuracy.md").read_text()
-    assert f"| dsr (published: {CITE}) | — | — | 42.25 |" in text
+    assert f"| dsr (published: {CITE}) | — | — | 42.25 |" in " ".join(text.split())
     bad = tmp_path / "bad.toml"
     bad.write_text(SOURCE + _entry("dsr", 1.5, 1))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
