@@ -97,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"trained {len(todo.order)} runs in {time.perf_counter() - started:.0f} s"
           + (f", {failed} failed" if failed else ""))
     if not args.no_report:
-        _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet)
+        _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet,
+                run_ids={r.run_id for r in grid.runs}, scope=f"grid {grid.name}")
+    _target_warnings(runs, root)
     return _failures(grid.name, runs, root)
 
 
@@ -193,10 +195,23 @@ def _epoch_loggers(args: argparse.Namespace) -> None:
         os.environ[env] = str(Path(value).resolve()) if flag == "--tensorboard" else value
 
 
-def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False) -> None:
+def _target_warnings(runs, root: Path) -> None:
+    """One line per finished run that missed its sparsity target (bench.report.eligibility)."""
+    from bench import store
+    from bench.report.eligibility import warning_line
+
+    for run in runs:
+        folder = store.find_run_dir(root, run.run_id)
+        line = warning_line(run.entry, store.read_result(folder) if folder else None)
+        if line:
+            print(line)
+
+
+def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False,
+            run_ids: set[str] | None = None, scope: str = "") -> None:
     from bench.report import write_report
 
-    paths = write_report(root, out, published)
+    paths = write_report(root, out, published, run_ids, scope)
     print(f"report: {out} ({len(paths)} files; open {out / 'index.html'})")
     if quiet:
         return
@@ -291,8 +306,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (root / "runs").exists():
         raise UserError(f"no runs under {root}: run a grid first or pass --root DIR")
     out = Path(args.out) if args.out else root / "report"
+    run_ids, scope = None, ""
+    if args.grid:
+        from bench.grid import load_grid, parse_only, select
+
+        grid = load_grid(args.grid)
+        run_ids = {r.run_id for r in select(grid, parse_only(args.only))}
+        scope = f"grid {grid.name}" + (f" --only {args.only}" if args.only else "")
+    elif args.only:
+        raise UserError("--only filters a grid's runs: sparsebench report GRID --only "
+                        "key=value,...")
     ensure_writable(out)
-    _report(root, out, Path(args.published) if args.published else None, quiet=args.quiet)
+    _report(root, out, Path(args.published) if args.published else None, quiet=args.quiet,
+            run_ids=run_ids, scope=scope)
     return 0
 
 
@@ -451,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="tables and plots from the results on disk")
+    report.add_argument("grid", nargs="?", help="report only this grid's runs (a TOML file or "
+                        "a built-in grid's name; default: every result under the root)")
+    report.add_argument("--only", help="with GRID: only these runs, key=value,... as for run")
     report.add_argument("--root")
     report.add_argument("--out")
     report.add_argument("--published", metavar="FILE", help="published numbers to show next "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from bench import store
-from bench.config import from_dict, run_id
 from bench.errors import UserError
 from bench.report.aggregate import AGG_COLUMNS, KEYS, aggregate, normalise, order
+from bench.report.recipes import load as load_results
+from bench.report.recipes import recipe_id  # noqa: F401 - part of bench.check's API
 from methods import REGISTRY
 
 # Schema 2 adds the runs' fingerprint and per-seed top-1 and counts (the exact rule); schema 1
@@ -65,35 +65,13 @@ def only_filter(df: pd.DataFrame, only: dict[str, str], seeds_col: str | None) -
     return df[keep]
 
 
-def recipe_id(config: dict[str, Any] | None) -> str | None:
-    """The run id of a result's config with the seed left out: equal for two runs exactly when
-    they trained with the same recipe (model, data, method and its hparams, training, sparsity).
-    None when the config no longer parses (a method or field since removed)."""
-    try:
-        parsed = from_dict(config or {}, REGISTRY[(config or {})["method"]["name"]].Hparams)
-    except (KeyError, TypeError, UserError):
-        return None
-    return run_id(replace(parsed, seed=0))
-
-
-def _fingerprint_key(result: dict[str, Any]) -> str | None:
-    fp = result.get("fingerprint")
-    return json.dumps(fp, sort_keys=True) if isinstance(fp, dict) else None
-
-
 def load_runs(root: Path, only: dict[str, str] | None = None) -> pd.DataFrame:
-    """The runs under `root` (normalised as the report does) with each run's ``recipe``
-    (``recipe_id``) and ``fingerprint`` (JSON text, None for results that predate it),
-    filtered by ``--only``."""
-    runs = store.load(root)
+    """The runs under `root` as the report reads them (``bench.report.recipes.load``: with each
+    run's ``recipe`` and ``fingerprint``), normalised, filtered by ``--only``."""
+    runs = load_results(root)
     if runs.empty:
         raise UserError(f"no results under {store.runs_dir(root)}: run a grid first or pass "
                         "--root DIR")
-    recipes, prints = {}, {}
-    for folder, result in store.iter_results(root):
-        recipes[str(folder)] = recipe_id(result.get("config"))
-        prints[str(folder)] = _fingerprint_key(result)
-    runs = runs.assign(recipe=runs["path"].map(recipes), fingerprint=runs["path"].map(prints))
     return only_filter(normalise(runs), only or {}, None)
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -42,19 +43,25 @@ from bench.report.html import page
 from bench.report.leaderboard import RANKING, leaderboard, section
 from bench.report.numeric import accuracy_frame, with_ranges
 from bench.report.plots import plot_accuracy, plot_curves, plot_layers, styles
+from bench.report.recipes import load as load_runs
 from bench.report.tables import accuracy_table, to_markdown, write_accuracy, write_summary
 
 __all__ = ["write_report", "aggregate"]
 
 
-def write_report(root: Path, out: Path, published: Path | None = None) -> list[Path]:
+def write_report(root: Path, out: Path, published: Path | None = None,
+                 run_ids: Collection[str] | None = None, scope: str = "") -> list[Path]:
     """Write the report for every result under `root` into `out`; returns the files written.
     `published`: the published-numbers file (None = the repository's baselines/published.toml,
-    and none at all when that file is absent)."""
+    and none at all when that file is absent). `run_ids`: report only these runs (a grid's,
+    so that a root shared by several grids is reported per grid); `scope` names them."""
     root, out = Path(root), Path(out)
-    runs = store.load(root)
+    runs = load_runs(root)
+    if run_ids is not None:
+        runs = runs[runs["run_id"].isin(set(run_ids))].reset_index(drop=True)
     if runs.empty:
-        raise UserError(f"no results under {store.runs_dir(root)}: run a grid first")
+        where = f" for {scope}" if scope else ""
+        raise UserError(f"no results{where} under {store.runs_dir(root)}: run a grid first")
     entries = published_numbers.load(published)
     if out.exists() and not out.is_dir():
         raise UserError(f"report output {out} exists and is not a folder")
@@ -257,6 +264,12 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         })
         lines += [to_markdown(table, index=False)]
     notes = mixed_settings(runs)
+    for _, _, sub, _, _ in sections:
+        for _, row in sub[sub["calibration_unconverged"] > 0].iterrows():
+            notes.append(f"{row['model']}/{row['dataset']} {row['method_label']} at "
+                         f"{pct(row['target_sparsity'])}: the calibration of "
+                         f"{int(row['calibration_unconverged'])} seed(s) did not converge "
+                         f"(achieved sparsity {row['achieved_sparsity']:.4f})")
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)

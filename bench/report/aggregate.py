@@ -2,6 +2,11 @@
 
 Failed runs are counted (``n_failed``) but never enter a mean, so a cell whose every seed failed
 has ``n == 0`` and NaN metrics, and the tables show it as failed instead of dropping it.
+
+A cell is one recipe: runs of one label with different recipes get distinct labels first
+(``bench.report.recipes.split_labels``). Each cell also says whether it may be ranked
+(``bench.report.eligibility``): ``missed_target`` (a seed outside the target tolerance),
+``at_chance`` (mean top-1 within noise of guessing) and ``ranked`` (finished seeds and neither).
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ import re
 
 import numpy as np
 import pandas as pd
+
+from bench.report.eligibility import at_chance, chance_top1, missed_target
+from bench.report.recipes import split_labels
 
 KEYS = ["model", "dataset", "method_label", "target_sparsity"]
 
@@ -25,6 +33,8 @@ AGG_COLUMNS = (
     + ["is_dense", "n", "n_failed", "seeds"]
     + [f"{m}_{s}" for m in MEAN_STD for s in ("mean", "std")]
     + MEAN_ONLY
+    + ["epochs", "missed_target", "at_chance", "chance_top1", "calibration_unconverged",
+       "ranked"]
 )
 
 # Settings that should be constant inside a group; a mix means seeds of different recipes
@@ -32,6 +42,8 @@ AGG_COLUMNS = (
 _SETTINGS = ["epochs", "layer_policy", "distribution", "method"]
 
 DENSE = "dense"
+# Read from result.json by bench.report.recipes.load; absent (NaN) for older results.
+_OPTIONAL = ["num_classes", "test_examples"]
 
 
 def is_dense_row(method: object, label: object, target: float) -> bool:
@@ -42,13 +54,19 @@ def is_dense_row(method: object, label: object, target: float) -> bool:
 def normalise(runs: pd.DataFrame) -> pd.DataFrame:
     """Numeric columns as floats; dense runs filed under target 0 whatever the grid said."""
     df = runs.copy()
-    for col in ["target_sparsity", "seed", *MEAN_STD, *MEAN_ONLY, "epochs"]:
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in ["target_sparsity", "seed", *MEAN_STD, *MEAN_ONLY, "epochs", *_OPTIONAL]:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
     df["target_sparsity"] = df["target_sparsity"].fillna(0.0)
     df.loc[df["method"] == DENSE, "target_sparsity"] = 0.0
     df["method_label"] = df["method_label"].fillna(df["method"]).fillna("?")
     for col in ("model", "dataset"):
         df[col] = df[col].fillna("?")
+    df = split_labels(df)
+    dense = [is_dense_row(m, lab, t) for m, lab, t in
+             zip(df["method"], df["method_label"], df["target_sparsity"], strict=True)]
+    df["missed_target"] = [not d and missed_target(t, a) for d, t, a in
+                           zip(dense, df["target_sparsity"], df["achieved_sparsity"],
+                               strict=True)]
     return df
 
 
@@ -72,6 +90,16 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         for metric in MEAN_ONLY:
             values = ok[metric].dropna().to_numpy(dtype=float)
             row[metric] = values.mean() if len(values) else np.nan
+        epochs = ok["epochs"].dropna()
+        row["epochs"] = float(epochs.iloc[0]) if epochs.nunique() == 1 else np.nan
+        row["missed_target"] = bool(ok["missed_target"].any())
+        classes, examples = ok["num_classes"].max(), ok["test_examples"].min()
+        row["chance_top1"] = chance_top1(classes) if classes > 0 else np.nan
+        row["at_chance"] = bool(len(ok)) and at_chance(row["top1_mean"], classes, examples)
+        converged = ok["calibration_converged"] if "calibration_converged" in ok else []
+        row["calibration_unconverged"] = sum(1 for c in converged
+                                             if isinstance(c, (bool, np.bool_)) and not c)
+        row["ranked"] = row["n"] > 0 and not row["missed_target"] and not row["at_chance"]
         rows.append(row)
     out = pd.DataFrame(rows, columns=AGG_COLUMNS)
     return order(out)

@@ -20,10 +20,17 @@ RANKING = (
     "ranked by mean top-1 test accuracy over the seeds that finished, highest first, compared "
     "at the 2 decimals shown: equal shown means share a rank (1, 1, 3) and are listed "
     "alphabetically. A cell with some failed seeds is ranked on its finished seeds and says "
-    "how many failed; a cell whose every seed failed is listed last, unranked (—). "
+    "how many failed. Not ranked (—, listed after the ranked rows, with the reason): a cell "
+    "that missed its target (a seed's achieved density more than 10% away from the target's, "
+    "e.g. learned sparsity that ended elsewhere; it is plotted at its achieved sparsity), a "
+    "cell at chance (mean top-1 within 3 binomial standard errors of guessing), and a cell "
+    "whose every seed failed (last). A row is one recipe: runs of one method with different "
+    "recipes are separate rows named by the fields that differ. "
     "Cells read mean ± sample std (n = finished seeds). Achieved sparsity and nonzero params "
     "are the means over finished seeds (achieved, not nominal). Δ dense = mean top-1 minus "
-    "that of the dense reference of the same section. Rows ranked `published` are numbers "
+    "that of the dense reference of the same section. Epochs and train FLOPs (total training "
+    "FLOPs, RigL's accounting, relative to the dense reference's) give each row's training "
+    "budget. Rows ranked `published` are numbers "
     "copied from the cited source, under a different recipe (see each section's sources); "
     "they are shown for comparison and never ranked."
 )
@@ -36,16 +43,20 @@ def display_key(mean: float) -> float:
 
 def rank(cells: pd.DataFrame) -> pd.DataFrame:
     """`cells` (aggregated rows of one target) sorted into leaderboard order, with a 'rank'
-    column: competition ranks on the shown mean, ties alphabetical, all-failed cells last
-    with rank None."""
-    ok = cells[cells["n"] > 0].copy()
+    column: competition ranks on the shown mean among the rankable cells (``ranked``), ties
+    alphabetical; then the cells with results that may not be ranked (missed target, at
+    chance) and the all-failed cells, each alphabetical with rank None."""
+    rankable = cells["ranked"].astype(bool) if "ranked" in cells else cells["n"] > 0
+    ok = cells[rankable].copy()
     ok["_key"] = [display_key(m) for m in ok["top1_mean"]]
     ok = ok.sort_values(["_key", "method_label"], ascending=[False, True], kind="stable")
     keys = ok["_key"].to_numpy()
     ok["rank"] = [int((keys > k).sum()) + 1 for k in keys]
-    failed = cells[cells["n"] == 0].sort_values("method_label", kind="stable").copy()
-    failed["rank"] = None
-    return pd.concat([ok.drop(columns="_key"), failed], ignore_index=True)
+    rest = cells[~rankable].copy()
+    rest["_failed"] = rest["n"] == 0
+    rest = rest.sort_values(["_failed", "method_label"], kind="stable").drop(columns="_failed")
+    rest["rank"] = None
+    return pd.concat([ok.drop(columns="_key"), rest], ignore_index=True)
 
 
 def _params(value: float) -> str:
@@ -58,7 +69,16 @@ def _delta(mean: float, ref: float | None) -> str:
     return f"{mean - ref:+.2f}"
 
 
-def _our_row(row: pd.Series, rank_text: str, ref: float | None, top5: bool) -> dict:
+def _budget(row: pd.Series, ref_flops: float | None) -> dict:
+    epochs = row.get("epochs", np.nan)
+    flops = row.get("train_flops", np.nan)
+    rel = (f"{flops / ref_flops:.2f}×" if ref_flops and np.isfinite(flops) and ref_flops > 0
+           else "—")
+    return {"epochs": f"{epochs:g}" if np.isfinite(epochs) else "—", "train FLOPs": rel}
+
+
+def _our_row(row: pd.Series, rank_text: str, ref: float | None, top5: bool,
+             ref_flops: float | None = None) -> dict:
     out = {"rank": rank_text, "method": row["method_label"], "top-1 (%)": accuracy_cell(row)}
     if top5:
         out["top-5 (%)"] = (f"{row['top5_mean']:.2f}" if np.isfinite(row["top5_mean"])
@@ -69,7 +89,7 @@ def _our_row(row: pd.Series, rank_text: str, ref: float | None, top5: bool) -> d
                               if np.isfinite(row["achieved_sparsity"]) else "—"),
         "nonzero params": _params(row["params_nonzero"]),
     }
-    return out
+    return out | _budget(row, ref_flops)
 
 
 def _published_row(p: Published, top5: bool) -> dict:
@@ -80,6 +100,7 @@ def _published_row(p: Published, top5: bool) -> dict:
         "Δ dense": "—",
         "achieved sparsity": f"{p.sparsity:g}",
         "nonzero params": fmt_count(p.params) if p.params is not None else "—",
+        "epochs": "—", "train FLOPs": "—",
     }
     return out
 
@@ -87,26 +108,28 @@ def _published_row(p: Published, top5: bool) -> dict:
 def section(sub: pd.DataFrame, title: str, published: Sequence[Published]) -> list[str]:
     """Markdown lines for one (model, dataset)."""
     sub = sub.copy()
-    for col in ("top1_mean", "top5_mean", "achieved_sparsity", "params_nonzero"):
+    for col in ("top1_mean", "top5_mean", "achieved_sparsity", "params_nonzero", "epochs",
+                "train_flops"):
         sub[col] = pd.to_numeric(sub[col], errors="coerce").astype(float)
     dense = sub[sub["is_dense"].astype(bool)]
     sparse = sub[~sub["is_dense"].astype(bool)]
     ref_row = dense_reference(sub)
     ref = None if ref_row is None else float(ref_row["top1_mean"])
+    ref_flops = None if ref_row is None else float(ref_row["train_flops"])
     top5 = bool(sub["top5_mean"].notna().any()) or any(p.top5 is not None for p in published)
     lines = [f"## {title}", ""]
     if ref_row is None:
         lines += ["Dense reference: none (no successful dense run); Δ dense is left blank.", ""]
     else:
         lines += [f"Dense reference: `{ref_row['method_label']}`, top-1 {ref:.2f}.", ""]
-    rows = [_our_row(r, "dense", ref, top5) for _, r in dense.iterrows()]
+    rows = [_our_row(r, "dense", ref, top5, ref_flops) for _, r in dense.iterrows()]
     rows += [_published_row(p, top5) for p in published if p.sparsity == 0.0]
     if rows:
         lines += ["### Dense", "", to_markdown(pd.DataFrame(rows), index=False)]
     targets = sorted(set(sparse["target_sparsity"]))
     for target in targets:
         ranked = rank(sparse[sparse["target_sparsity"] == target])
-        rows = [_our_row(r, "—" if r["rank"] is None else str(r["rank"]), ref, top5)
+        rows = [_our_row(r, "—" if r["rank"] is None else str(r["rank"]), ref, top5, ref_flops)
                 for _, r in ranked.iterrows()]
         rows += [_published_row(p, top5) for p in published if p.sparsity == target]
         lines += [f"### {pct(target)} target sparsity", "",

@@ -195,6 +195,10 @@ def plot_accuracy(agg: pd.DataFrame, axis: str, base: Path, title: str,
             fig = _figure(width, 2.9 if one else 3.4)
             ax = fig.add_subplot()
             _draw_accuracy(ax, lines, ref if ref_ok else None, xcol, axis, style, pub)
+            chance = agg["chance_top1"].dropna() if "chance_top1" in agg else ()
+            if len(chance):  # so a collapsed run is not read as a result (issue 11)
+                ax.axhline(float(chance.max()), color="grey", linestyle=":", linewidth=0.9,
+                           zorder=2, label=f"chance: {float(chance.max()):.3g}%")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("top-1 test accuracy (%)")

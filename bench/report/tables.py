@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.aggregate import pct
+from bench.report.eligibility import describe_missed
 from bench.report.published import Published, fmt_number
 
 MISSING_MD = "—"
@@ -24,7 +25,9 @@ def _num(value: float, digits: int = 2) -> str:
 
 
 def accuracy_cell(row: pd.Series) -> str:
-    """'71.20', '71.20 ± 0.35 (n=3)', '71.20 (n=1, 1 failed)' or 'failed (n=2)'."""
+    """'71.20', '71.20 ± 0.35 (n=3)', '71.20 (n=1, 1 failed)' or 'failed (n=2)', followed by
+    why a cell is not ranked (``bench.report.eligibility``): ', missed target (achieved
+    0.6205)' (plus '; calibration did not converge' where STR's did not) or ', at chance'."""
     n, failed = int(row["n"]), int(row["n_failed"])
     if n == 0:
         return f"failed (n={failed})"
@@ -35,7 +38,20 @@ def accuracy_cell(row: pd.Series) -> str:
         text += f" (n={n}, {failed} failed)"
     elif n > 1:
         text += f" (n={n})"
-    return text
+    return text + "".join(f", {flag}" for flag in unranked_reasons(row))
+
+
+def unranked_reasons(row: pd.Series) -> list[str]:
+    """Why a cell with finished seeds is not ranked (empty when it is)."""
+    reasons = []
+    if bool(row.get("missed_target", False)):
+        text = describe_missed(row["achieved_sparsity"])
+        if int(row.get("calibration_unconverged", 0) or 0):
+            text += "; calibration did not converge"
+        reasons.append(text)
+    if bool(row.get("at_chance", False)):
+        reasons.append(f"at chance ({_num(row['chance_top1'])}% guessing)")
+    return reasons
 
 
 def accuracy_table(agg: pd.DataFrame, published: Sequence[Published] = ()) -> pd.DataFrame:
