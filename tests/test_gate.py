@@ -136,18 +136,27 @@ def test_exact_rule_catches_any_change_and_counts(tmp_path):
     assert (k.verdict, k.accuracy, k.counts) == ("not identical", "identical", "changed")
 
 
-def test_committed_smoke_report_agrees_with_the_pin():
-    """reports/smoke is what `sparsebench run smoke` gave on the machine that pinned
-    baselines/pinned/smoke.json: every pinned cell has the same mean top-1, nonzero count and n
-    in the committed summary table, and the report has no cell the pin lacks."""
-    pin = json.loads(PIN.read_text())
-    table = pd.read_csv(REPORT / "mnist1d_cnn-mnist1d" / "summary.csv")
+def assert_report_agrees_with_pin(pin_path: Path, report: Path) -> None:
+    """Every pinned cell has the same mean top-1, nonzero count and n in the report's summary
+    table, and the report has no finished cell the pin lacks."""
+    pin = json.loads(pin_path.read_text())
+    sections = {(c["model"], c["dataset"]) for c in pin["cells"]}
+    tables = [pd.read_csv(report / f"{m}-{d}" / "summary.csv").assign(model=m, dataset=d)
+              for m, d in sorted(sections)]
+    table = pd.concat(tables, ignore_index=True)
     ok = table[table["n"] > 0]
     assert len(ok) == len(pin["cells"])
     for cell in pin["cells"]:
-        row = ok[(ok["method_label"] == cell["method_label"])
+        row = ok[(ok["model"] == cell["model"]) & (ok["dataset"] == cell["dataset"])
+                 & (ok["method_label"] == cell["method_label"])
                  & ((ok["target_sparsity"] - cell["target_sparsity"]).abs() < 1e-9)]
         assert len(row) == 1, cell["method_label"]
         row = row.iloc[0]
         assert (row["top1_mean"], row["params_nonzero"], row["n"]) == (
             cell["top1_mean"], cell["params_nonzero"], cell["n"]), cell["method_label"]
+
+
+def test_committed_smoke_report_agrees_with_the_pin():
+    """reports/smoke is what `sparsebench run smoke` gave on the machine that pinned
+    baselines/pinned/smoke.json."""
+    assert_report_agrees_with_pin(PIN, REPORT)

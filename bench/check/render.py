@@ -55,7 +55,10 @@ def table_rows(comp: Comparison) -> list[list[str]]:
                                 c.note])
             continue
         if c.verdict == "not identical":
-            rows.append(head + ["top1, params_nonzero", _acc(c.base_top1, c.base_n),
+            metric = ", ".join(m for m, moved in (("top1", c.accuracy == "differs"),
+                                                   ("params_nonzero", c.counts == "changed"))
+                               if moved)
+            rows.append(head + [metric, _acc(c.base_top1, c.base_n),
                                 _acc(c.cur_top1, c.cur_n), _signed(c.delta, ".2f"), "0",
                                 verdict, c.note])
             continue
@@ -81,7 +84,7 @@ def table_rows(comp: Comparison) -> list[list[str]]:
 
 def format_table(rows: list[list[str]]) -> str:
     """The findings as an aligned Markdown table (numbers right-aligned)."""
-    return markdown(HEADER, rows, _RIGHT)
+    return markdown(HEADER, rows, _RIGHT).rstrip("\n")
 
 
 def summary_line(comp: Comparison) -> str:

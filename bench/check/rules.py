@@ -186,11 +186,12 @@ def _exact_check(check: CellCheck, base: dict[str, Any], cur) -> None:
     check.counts = "ok" if same_counts else "changed"
     if not (same_top1 and same_counts):
         check.verdict = "not identical"
-        what = [w for w, same in (("top-1", same_top1), ("nonzero counts", same_counts))
-                if not same]
-        check.note = (f"{' and '.join(what)} differ from the pin under the exact rule "
-                      f"(pinned top-1 {base['top1_seeds']}, now {list(cur.top1_seeds)}; "
-                      f"nonzero {base['nonzero_seeds']}, now {list(cur.nonzero_seeds)})")
+        parts = []
+        if not same_top1:
+            parts.append(f"top-1 {base['top1_seeds']} -> {list(cur.top1_seeds)}")
+        if not same_counts:
+            parts.append(f"nonzero {base['nonzero_seeds']} -> {list(cur.nonzero_seeds)}")
+        check.note = "exact rule, per seed: " + "; ".join(parts)
 
 
 def compare(baseline: dict[str, Any], current: pd.DataFrame, *, sigmas: float = DEFAULT_SIGMAS,
