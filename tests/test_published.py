@@ -131,7 +131,7 @@ def test_leaderboard_order_ties_and_failed_cells(built):
     assert "Dense reference: `dense`, top-1 91.00." in section
     rows = _md_rows(_subsection(section, "90% target sparsity"))
     assert rows[0] == ["rank", "method", "top-1 (%)", "Δ dense", "achieved sparsity",
-                       "nonzero params"]
+                       "nonzero params", "epochs", "train FLOPs"]
     assert [(r[0], r[1]) for r in rows[1:]] == [
         ("1", "gmp"), ("2", "set"), ("2", "static"), ("4", "dsr"), ("—", "snip"),
         ("published", f"dsr (published: {CITE})"),
