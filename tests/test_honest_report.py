@@ -139,6 +139,7 @@ def test_different_recipes_under_one_label_are_separate_rows(tmp_path):
     assert cells.loc["gmp [train.lr=0.001, train.optimizer=sgd]", ["n", "top1_mean"]].tolist() \
         == [1, 6.0]
     assert "gmp" not in cells.index
+    assert cells["recipe_split"].tolist() == [True, True]
 
 
 def test_leaderboard_shows_each_rows_training_budget(tmp_path):

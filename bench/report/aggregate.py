@@ -34,7 +34,7 @@ AGG_COLUMNS = (
     + [f"{m}_{s}" for m in MEAN_STD for s in ("mean", "std")]
     + MEAN_ONLY
     + ["epochs", "missed_target", "at_chance", "chance_top1", "calibration_unconverged",
-       "ranked"]
+       "recipe_split", "ranked"]
 )
 
 # Settings that should be constant inside a group; a mix means seeds of different recipes
@@ -99,6 +99,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         converged = ok["calibration_converged"] if "calibration_converged" in ok else []
         row["calibration_unconverged"] = sum(1 for c in converged
                                              if isinstance(c, (bool, np.bool_)) and not c)
+        row["recipe_split"] = bool(group["recipe_split"].any()) if "recipe_split" in group \
+            else False
         row["ranked"] = row["n"] > 0 and not row["missed_target"] and not row["at_chance"]
         rows.append(row)
     out = pd.DataFrame(rows, columns=AGG_COLUMNS)

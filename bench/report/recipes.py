@@ -85,11 +85,13 @@ def load(root: Path) -> pd.DataFrame:
 
 def split_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose (model, dataset, method label) holds several recipes get the label
-    ``<label> [field=value, ...]`` naming the fields in which those recipes differ; every
-    other run keeps its label. Idempotent."""
+    ``<label> [field=value, ...]`` naming the fields in which those recipes differ (and
+    ``recipe_split`` True); every other run keeps its label. Idempotent."""
     if "recipe_fields" not in runs or runs.empty:
         return runs
     df = runs.copy()
+    if "recipe_split" not in df:
+        df["recipe_split"] = False
     for _, group in df.groupby(["model", "dataset", "method_label"], sort=False, dropna=False):
         kinds = {f for f in group["recipe_fields"] if isinstance(f, str)}
         if len(kinds) < 2:
@@ -101,6 +103,7 @@ def split_labels(runs: pd.DataFrame) -> pd.DataFrame:
             if isinstance(fields, str):
                 shown = ", ".join(f"{k}={_value(flats[fields].get(k))}" for k in differ)
                 df.at[index, "method_label"] = f"{df.at[index, 'method_label']} [{shown}]"
+                df.at[index, "recipe_split"] = True
     return df
 
 
