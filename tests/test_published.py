@@ -360,11 +360,11 @@ def test_default_report_uses_the_repository_file(tmp_path):
     board = (out / "leaderboard.md").read_text()
     at90 = _md_rows(_subsection(board, "90% target sparsity"))
     assert ["published", "gmp (published: Mostafa & Wang 2019, Tab. 2)", "70.3", "90.0", "—",
-            "0.9", "5.1M"] in at90
+            "0.9", "5.1M", "—", "—"] in at90
     others = _md_rows(_subsection(board, "Published at sparsities without runs of ours"))
     assert [r[5] for r in others[1:]] == ["0.8"] * 6 + ["0.8127", "0.9023", "0.9515", "0.9611",
                                                        "0.9805", "0.9898"]
     assert ["published", "str (published: Kusupati et al. 2020, STR README)", "61.46", "—",
-            "—", "0.9805", "0.5M"] in others
+            "—", "0.9805", "0.5M", "—", "—"] in others
     assert "thin_dense at 80%: trained for 2x the epochs" in board
     assert "<!-- published -->" in (out / "resnet50-imagenet" / "macs.svg").read_text()

@@ -55,6 +55,9 @@ def at_chance(top1: float, num_classes: float | None, test_examples: float | Non
 
 
 def describe_missed(achieved: float) -> str:
+    """'missed target (achieved 0.85)'; without a known achieved value, 'missed target'."""
+    if not math.isfinite(achieved):
+        return "missed target"
     return f"missed target (achieved {achieved:.4g})"
 
 

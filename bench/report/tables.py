@@ -45,12 +45,12 @@ def unranked_reasons(row: pd.Series) -> list[str]:
     """Why a cell with finished seeds is not ranked (empty when it is)."""
     reasons = []
     if bool(row.get("missed_target", False)):
-        text = describe_missed(row["achieved_sparsity"])
+        text = describe_missed(row.get("achieved_sparsity", math.nan))
         if int(row.get("calibration_unconverged", 0) or 0):
             text += "; calibration did not converge"
         reasons.append(text)
     if bool(row.get("at_chance", False)):
-        reasons.append(f"at chance ({_num(row['chance_top1'])}% guessing)")
+        reasons.append(f"at chance ({_num(row.get('chance_top1', math.nan))}% guessing)")
     return reasons
 
 
