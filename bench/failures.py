@@ -34,9 +34,16 @@ _DEVICE_MESSAGES = (
 _MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 
 
+class DependencyNotDone(RuntimeError):
+    """A run that this run starts from (``Method.dependencies``, e.g. EigenDamage's dense run)
+    has not finished: not the method's fault; a plain rerun trains it first and retries."""
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status, error_kind) for a run that raised `exc`."""
     text = str(exc).lower()
+    if isinstance(exc, DependencyNotDone):
+        return "error", ENVIRONMENT
     if isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and any(m in text for m in _MEMORY_MESSAGES)
     ):

@@ -188,8 +188,8 @@ def measure(config: RunConfig, steps: int, batch_cap: int | None,
     """Train `config` for `steps` timed steps (plus one warm-up step); returns step time,
     setup time, peak memory, the data used and the method's phases. Runs in the caller's
     process: ``measure_in_subprocess`` isolates it."""
-    from bench.run import intra_op_threads
-    from bench.train import Trainer, resolve_device, resolve_hparams
+    from bench.run import RunHarness
+    from bench.train import Trainer, intra_op_threads, resolve_device, resolve_hparams
 
     config = resolve_hparams(config)
     notes = []
@@ -227,8 +227,8 @@ def measure(config: RunConfig, steps: int, batch_cap: int | None,
         _seed_dependencies(method, root, shape)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(timed, root / "run", root=root, data_root=data_root,
-                          progress=progress, data=data)
+        trainer = Trainer(method, root / "run", harness=RunHarness(root, data_root),
+                          data_root=data_root, progress=progress, data=data)
         started = time.perf_counter()
         with intra_op_threads(config.train):
             try:

@@ -1,5 +1,6 @@
 """One run: idempotent (a finished run is skipped), resumable (from its checkpoint), and a
 failure is data (``result.json`` with ``status: "failed"`` and the reason; the grid goes on).
+``RunHarness`` is what the run's method may ask of the harness (``methods.base.Harness``).
 
 ``result.json`` is written last and atomically; ``model.pt`` (the final weights) just before it,
 so a run that has a result always has its model for methods that reuse it.
@@ -12,8 +13,8 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,26 @@ import torch
 import bench
 from bench import store
 from bench.budget import budget_error, calibration_flag
-from bench.config import RunConfig, TrainConfig, run_id, run_label, to_dict
-from bench.failures import classify, retried_by_plain_rerun
+from bench.config import RunConfig, run_id, run_label, to_dict
+from bench.failures import DependencyNotDone, classify, retried_by_plain_rerun
 from bench.fingerprint import fingerprint
 from bench.flops import ModelCounts, count
 from bench.locks import exclusive_run
 from bench.models import build_model
 from bench.progress import RunWatch
 from bench.store import RESULT_SCHEMA_VERSION
-from bench.train import Diverged, Interrupted, Trainer, resolve_device, resolve_hparams
+from bench.train import (
+    Diverged,
+    Interrupted,
+    Trainer,
+    intra_op_threads,
+    make_method,
+    resolve_device,
+    resolve_hparams,
+)
+from bench.trial import train_trial
 from methods import get_method
+from methods.base import FinishedRun, TrialResult
 from methods.masking import Masking
 
 MODEL_FILE = "model.pt"
@@ -93,6 +104,37 @@ def achieved_counts(config: RunConfig, final: ModelCounts, input_shape, num_clas
     return out
 
 
+@dataclass
+class RunHarness:
+    """The harness's services for the method of one run under `root`
+    (``methods.base.Harness``). Trials honour the run's `should_stop`; `log` is the run's."""
+
+    root: Path
+    data_root: Path | None = None
+    should_stop: Callable[[], bool] | None = None
+    log: Callable[[str], None] = lambda _msg: None
+
+    def trial_train(self, config: RunConfig) -> TrialResult:
+        return train_trial(config, self.root, data_root=self.data_root,
+                           should_stop=self.should_stop, harness=self, log=self.log)
+
+    def finished_model(self, config: RunConfig) -> FinishedRun:
+        """Raises DependencyNotDone when the run has no successful result (this run does not
+        train it: ``sparsebench run`` trains a run's dependencies first), and
+        ``load_final_model``'s RuntimeError when its model does not verify."""
+        config = resolve_hparams(config)
+        rid, folder = run_id(config), run_folder(self.root, config)
+        result = store.read_result(folder)
+        if result is None or result.get("status") != "ok":
+            state = "has no result" if result is None else \
+                f"failed ({result.get('error')})"
+            raise DependencyNotDone(
+                f"run {rid} ({folder}), which this run starts from, {state}; train it first "
+                "(sparsebench run trains the runs a run depends on before it)")
+        return FinishedRun(run_id=rid, weights=load_final_model(self.root, config),
+                           train_flops=float(result["train_flops"]))
+
+
 @exclusive_run(lambda root, config: run_folder(root, resolve_hparams(config)))
 def run_one(
     config: RunConfig,
@@ -115,7 +157,6 @@ def run_one(
     """
     config = resolve_hparams(config)
     config.validate()
-    method_cls = get_method(config.method.name)
     folder = run_folder(root, config)
     store.clean_temp_files(folder)
     existing = store.usable_result(folder)
@@ -137,19 +178,22 @@ def run_one(
         "schema": RESULT_SCHEMA_VERSION,
         "run_id": rid,
         "config": to_dict(config),
-        "method_label": label or method_cls.label(config),
+        "method_label": label or get_method(config.method.name).label(config),
         "device": str(resolve_device(config.train.device)),
         "versions": versions(),
     }
     # Progress file for `sparsebench run`'s bars, and the optional TensorBoard / W&B loggers.
     watch = RunWatch(folder, config, base["config"],
                      lambda: sum(p.train.epochs for p in trainer.method.phases()))
-    trainer = Trainer(config, folder, root=Path(root), data_root=data_root,
-                      should_stop=should_stop, stop_after_epoch=stop_after_epoch, log=log,
-                      progress=watch.progress(progress),
-                      on_epoch=watch.on_epoch(lambda h: _write_metrics(folder, h)))
+    harness = RunHarness(Path(root), data_root, should_stop, log)
+    method = None
     started = time.perf_counter()
     try:
+        method = make_method(config)
+        trainer = Trainer(method, folder, harness=harness, data_root=data_root,
+                          should_stop=should_stop, stop_after_epoch=stop_after_epoch, log=log,
+                          progress=watch.progress(progress),
+                          on_epoch=watch.on_epoch(lambda h: _write_metrics(folder, h)))
         with intra_op_threads(config.train):
             base["torch_threads"] = torch.get_num_threads()
             base["fingerprint"] = fingerprint(base["device"], base["torch_threads"])
@@ -162,7 +206,7 @@ def run_one(
         log(f"{status}: {kind}\n" + traceback.format_exc())
         result = {**base, "status": status, "error_kind": kind,
                   "error": f"{type(exc).__name__}: {exc}",
-                  "distribution": getattr(trainer, "method", None) and trainer.method.distribution,
+                  "distribution": method and method.distribution,
                   "wall_time_s": time.perf_counter() - started}
         store.atomic_write_json(folder / store.RESULT, result)
         return store.read_result(folder)
@@ -206,21 +250,6 @@ def run_one(
     (folder / store.CHECKPOINT).unlink(missing_ok=True)
     # Return what is on disk, so a fresh result and a skipped one compare equal.
     return store.read_result(folder)
-
-
-@contextmanager
-def intra_op_threads(train: TrainConfig) -> Iterator[None]:
-    """CPU training at the config's thread count, restored afterwards (the debug executor
-    trains in the caller's process). GPU runs keep the process's setting."""
-    if resolve_device(train.device).type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(train.cpu_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:

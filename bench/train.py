@@ -1,5 +1,9 @@
 """The training loop: seeds, data order, method hooks, evaluation, per-epoch checkpoints.
 
+One unit, three parts: ``train_step`` is one batch (the hook order of ``methods/base.py``, used by
+the trainer and by the tests' hook driver), ``TrainState`` is what a checkpoint holds, and
+``Trainer`` runs the phases and epochs of one run around them.
+
 Determinism: model init draws from torch's global RNG seeded with the run seed; each epoch's
 data order (and augmentation) comes from a generator derived from (seed, epoch), never carried;
 the method has its own generator; all of them, plus the global RNG state, are in the checkpoint.
@@ -9,8 +13,9 @@ On CPU an interrupted and resumed run therefore ends with bit-identical weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from bench.flops import StepCost
 from bench.models import ModelMaker
 from bench.recipe import make_optimizer, set_lr, train_loss
 from methods import get_method
-from methods.base import Method, SetupContext
+from methods.base import Harness, Method, Phase, SetupContext
 from methods.masking import Masking
 
 
@@ -60,9 +65,28 @@ def resolve_hparams(config: RunConfig) -> RunConfig:
     method_cls = get_method(config.method.name)
     if config.method.hparams is not None:
         return config
-    from dataclasses import replace
-
     return replace(config, method=replace(config.method, hparams=method_cls.Hparams()))
+
+
+def make_method(config: RunConfig) -> Method:
+    """The registered method of `config` (hparams filled in), built for it."""
+    config = resolve_hparams(config)
+    return get_method(config.method.name)(config, config.method.hparams)
+
+
+@contextmanager
+def intra_op_threads(train: TrainConfig) -> Iterator[None]:
+    """CPU training at the config's thread count, restored afterwards (the debug executor
+    trains in the caller's process). GPU runs keep the process's setting."""
+    if resolve_device(train.device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(train.cpu_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -98,15 +122,110 @@ def autocast(train: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def train_step(
+    model: nn.Module,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    step: int,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: Callable[[], Any] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> torch.Tensor:
+    """One optimizer step on the batch (x, y), calling the method's hooks in the contract's
+    order (``methods/base.py``): forward and ``extra_loss`` (under `amp`, a context factory such
+    as ``lambda: autocast(train, device)``), backward (scaled by `scaler` for fp16, then
+    unscaled), ``after_backward`` with the dense gradient, the optimizer step,
+    ``after_step``. `step` is the number of this step, from 1 over the whole run. Returns the
+    detached task loss (without ``extra_loss``), shape [].
+
+    The one implementation of a training step: the trainer and the tests' hook driver both
+    call it, so the hook order is written once."""
+    with amp() if amp is not None else nullcontext():
+        loss = loss_fn(model(x), y)
+        extra = method.extra_loss(model)
+        total = loss if extra is None else loss + extra
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    method.after_backward(model, step)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    method.after_step(model, optimizer, step)
+    return loss.detach()
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: where training stands and the state dicts to continue from.
+
+    Saved as one dict with a key per field (``to_payload``) plus torch's global RNG states,
+    which ``bench.checkpoint.save`` adds as ``rng``; loaded with ``torch.load(weights_only=True)``
+    (tensors and plain containers only). The keys are those checkpoints always had, so older
+    checkpoints (before ``loss_sum``/``n_batches`` existed) still resume."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    method: dict[str, Any]
+    phase: int  # index into method.phases()
+    epoch: int  # epochs finished in this phase
+    batch: int  # batches finished in this epoch: non-zero only for a mid-epoch stop
+    step: int  # optimizer steps so far, all phases
+    history: list[dict[str, Any]]  # one record per finished epoch
+    train_flops: float  # integrated training FLOPs so far
+    wall_time: float  # seconds spent training so far, over all processes
+    loss_sum: float = 0.0  # sum of this epoch's batch losses so far (mid-epoch)
+    n_batches: int = 0  # batches in loss_sum
+    scaler: dict[str, Any] | None = None  # fp16 only
+    rng: dict[str, Any] | None = None  # as loaded; saving records the RNG of that moment
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = {
+            "model": self.model, "optimizer": self.optimizer, "method": self.method,
+            "phase": self.phase, "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "history": self.history, "train_flops": self.train_flops,
+            "wall_time": self.wall_time, "loss_sum": self.loss_sum,
+            "n_batches": self.n_batches,
+        }
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TrainState:
+        return cls(
+            model=payload["model"], optimizer=payload["optimizer"], method=payload["method"],
+            phase=int(payload["phase"]), epoch=int(payload["epoch"]),
+            batch=int(payload["batch"]), step=int(payload["step"]),
+            history=list(payload["history"]), train_flops=float(payload["train_flops"]),
+            wall_time=float(payload["wall_time"]),
+            loss_sum=float(payload.get("loss_sum", 0.0)),
+            n_batches=int(payload.get("n_batches", 0)),
+            scaler=payload.get("scaler"), rng=payload["rng"],
+        )
+
+
 class Trainer:
-    """Trains one run. ``should_stop`` is polled after every step; when it returns true the
-    trainer checkpoints at that step boundary and raises Interrupted."""
+    """Trains one run: `method` (an instance built for its run config) in `run_dir`, where its
+    checkpoint lives. ``should_stop`` is polled after every step; when it returns true the
+    trainer checkpoints at that step boundary and raises Interrupted; ``stop_after_epoch``
+    stops the same way after that many epochs (counted over all phases). `harness` is what the
+    method's setup may ask of the harness (``ctx.harness``)."""
 
     def __init__(
         self,
-        config: RunConfig,
+        method: Method,
         run_dir: Path,
-        root: Path | None = None,
+        *,
+        harness: Harness | None = None,
         data_root: Path | None = None,
         should_stop: Callable[[], bool] | None = None,
         stop_after_epoch: int | None = None,
@@ -115,9 +234,10 @@ class Trainer:
         on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
         data: DataBundle | None = None,
     ):
-        self.config = resolve_hparams(config)
+        self.method = method
+        self.config = method.config
         self.run_dir = Path(run_dir)
-        self.root = root
+        self.harness = harness
         self.data_root = data_root
         self.should_stop = should_stop or (lambda: False)
         self.stop_after_epoch = stop_after_epoch
@@ -126,11 +246,61 @@ class Trainer:
         self.on_epoch = on_epoch or (lambda _history: None)
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         # Data given in place of the config's dataset (preflight trains on synthetic data).
-        self.data = data
+        self.given_data = data
 
-    # -- construction --------------------------------------------------------------------
-    def _context(self, model, masking, data, device, resuming) -> SetupContext:
-        cfg = self.config
+    def run(self) -> Outcome:
+        saved = self._load()
+        self._build(saved)
+        phases = self.method.phases()
+        first = saved.phase if saved is not None else 0
+        global_epoch = sum(p.train.epochs for p in phases[:first])
+        for index in range(first, len(phases)):
+            resume = saved if index == first else None
+            phase = phases[index]
+            self._start_phase(index, phase, resume)
+            for epoch in range(resume.epoch if resume else 0, phase.train.epochs):
+                # Only the first epoch after a mid-epoch stop continues a partial one.
+                partial = resume if resume is not None and epoch == resume.epoch else None
+                loss_sum, n_batches = self._train_epoch(phase, epoch, global_epoch, partial)
+                self._end_epoch(phase, epoch, global_epoch, loss_sum, n_batches,
+                                last=index == len(phases) - 1)
+            global_epoch += phase.train.epochs
+        return self._finish(phases[-1])
+
+    # -- the parts of a run --------------------------------------------------------------
+    def _load(self) -> TrainState | None:
+        self.config.validate()
+        payload = checkpoint.load(self.ckpt_path, map_location="cpu")
+        return TrainState.from_payload(payload) if payload is not None else None
+
+    def _build(self, saved: TrainState | None) -> None:
+        """Data, the model (from the run seed), masks and the method's setup; on resume the
+        method's state from the checkpoint."""
+        cfg, method = self.config, self.method
+        self.device = resolve_device(cfg.train.device)
+        # In-memory datasets live on the training device: one copy, not one per batch.
+        self.data = (self.given_data if self.given_data is not None
+                     else load_dataset(cfg.data, self.data_root)).to(self.device)
+        torch.manual_seed(cfg.seed)
+        make_model = ModelMaker(cfg.model.name, self.data.num_classes,
+                                tuple(self.data.input_shape))
+        self.model = method.build_model(make_model, cfg.sparsity.target).to(self.device)
+        self.masking = Masking.attach(self.model, cfg.sparsity.layer_policy)
+        self.ctx = self._context(saved is not None)
+        method.setup(self.ctx)
+        if saved is not None:
+            method.load_state_dict(saved.method)
+            self.log(f"resuming from phase {saved.phase} epoch {saved.epoch} "
+                     f"batch {saved.batch}")
+        self.history = list(saved.history) if saved is not None else []
+        self.train_flops = torch.tensor(saved.train_flops if saved is not None else 0.0,
+                                        dtype=torch.float64)
+        self.step = saved.step if saved is not None else 0
+        self.elapsed = saved.wall_time if saved is not None else 0.0
+        self.started = time.perf_counter()
+
+    def _context(self, resuming: bool) -> SetupContext:
+        cfg, data, device = self.config, self.data, self.device
         setup_seed = cfg.seed * 1_000_003 + 999_983
 
         def batches():
@@ -141,160 +311,124 @@ class Trainer:
                 yield x.to(device), y.to(device)
 
         return SetupContext(
-            model=model, masking=masking, config=cfg, loss_fn=F.cross_entropy,
+            model=self.model, masking=self.masking, config=cfg, loss_fn=F.cross_entropy,
             batches=batches,
             steps_per_epoch=num_batches(data.train_size, cfg.train.batch_size),
-            device=device, generator=self.method.generator, root=self.root,
-            data_root=self.data_root, resuming=resuming,
+            device=device, generator=self.method.generator, harness=self.harness,
+            resuming=resuming,
         )
 
-    def run(self) -> Outcome:
-        cfg = self.config
-        cfg.validate()
-        device = resolve_device(cfg.train.device)
-        # In-memory datasets live on the training device: one copy, not one per batch.
-        data = (self.data if self.data is not None
-                else load_dataset(cfg.data, self.data_root)).to(device)
-        self.method = method = get_method(cfg.method.name)(cfg, cfg.method.hparams)
-        state = checkpoint.load(self.ckpt_path, map_location="cpu")
-        resuming = state is not None
+    def _start_phase(self, index: int, phase: Phase, resume: TrainState | None) -> None:
+        """The method's phase start (which may replace the model: masks are re-attached),
+        a fresh optimizer, and on resume the model, optimizer and RNG of the checkpoint."""
+        self.phase_index = index
+        self.ctx.resuming = resume is not None
+        new_model = self.method.start_phase(index, self.model, self.ctx)
+        if new_model is not self.model:
+            self.model = new_model.to(self.device)
+            self.masking = Masking.attach(self.model, self.config.sparsity.layer_policy)
+            self.method.masking = self.masking
+            self.ctx.model, self.ctx.masking = self.model, self.masking
+        self.optimizer = make_optimizer(self.model, phase.train)
+        self.scaler = torch.amp.GradScaler(self.device.type) \
+            if phase.train.precision == "fp16" else None
+        if resume is not None:
+            self.model.load_state_dict(resume.model)
+            self.optimizer.load_state_dict(resume.optimizer)
+            if self.scaler is not None and resume.scaler is not None:
+                self.scaler.load_state_dict(resume.scaler)
+            checkpoint.set_rng_state(resume.rng)
+        self.cost = StepCost(self.model, self.data.input_shape)
 
-        torch.manual_seed(cfg.seed)
+    def _train_epoch(self, phase: Phase, epoch: int, global_epoch: int,
+                     partial: TrainState | None) -> tuple[torch.Tensor, int]:
+        """The epoch's steps, from the batch after a mid-epoch checkpoint (`partial`) on.
+        Returns the sum of the epoch's batch losses (float64) and their count; checkpoints
+        and raises Interrupted when ``should_stop`` asks mid-epoch, Diverged when a loss was
+        not finite."""
+        train, model, device = phase.train, self.model, self.device
+        model.train()
+        steps_per_epoch = num_batches(self.data.train_size, train.batch_size)
+        set_lr(self.optimizer, train, epoch, 0, steps_per_epoch)
+        per_step_lr = train.schedule_unit == "step"
+        loss_fn = train_loss(train)
+        skip = partial.batch if partial is not None else 0
+        loss_sum = torch.tensor(partial.loss_sum if partial is not None else 0.0,
+                                dtype=torch.float64, device=device)
+        n_batches = partial.n_batches if partial is not None else 0
+        bad = torch.zeros((), dtype=torch.bool, device=device)
+        total_steps = steps_per_epoch * train.epochs
+        # A resumed epoch starts at its first unconsumed batch; the skipped ones are not
+        # loaded (their augmentation draws are replayed to keep the generator in step).
+        batches = self.data.batches("train", train.batch_size,
+                                    epoch_generator(self.config.seed, global_epoch + epoch),
+                                    self.data.batch_transform if self.config.data.augment
+                                    else None, start=skip, pin_memory=device.type == "cuda")
+        for batch_index, (x, y) in enumerate(batches, start=skip):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if per_step_lr:
+                set_lr(self.optimizer, train, epoch, batch_index, steps_per_epoch)
+            self.step += 1
+            loss = train_step(model, self.method, self.optimizer, x, y, self.step,
+                              scaler=self.scaler, amp=lambda: autocast(train, device),
+                              loss_fn=loss_fn)
+            self.train_flops += self.cost.train_flops(len(y)).to(self.train_flops.device)
+            loss_sum += loss.double()
+            bad |= ~torch.isfinite(loss)
+            n_batches += 1
+            if self.progress is not None:
+                self.progress(self.step, total_steps)
+            if self.should_stop() and batch_index + 1 < steps_per_epoch:
+                self._save(self._state(epoch, batch_index + 1, float(loss_sum), n_batches))
+                raise Interrupted(f"stopped at step {self.step}")
+        if bool(bad):
+            raise Diverged(f"loss became NaN/inf in epoch {global_epoch + epoch + 1}")
+        return loss_sum, n_batches
 
-        make_model = ModelMaker(cfg.model.name, data.num_classes, tuple(data.input_shape))
-        model = method.build_model(make_model, cfg.sparsity.target).to(device)
-        masking = Masking.attach(model, cfg.sparsity.layer_policy)
-        ctx = self._context(model, masking, data, device, resuming)
-        method.setup(ctx)
-        if resuming:
-            method.load_state_dict(state["method"])
-            self.log(f"resuming from phase {state['phase']} epoch {state['epoch']} "
-                     f"batch {state['batch']}")
-
-        history: list[dict[str, Any]] = list(state["history"]) if resuming else []
-        train_flops = torch.tensor(float(state["train_flops"]) if resuming else 0.0,
-                                   dtype=torch.float64)
-        elapsed = float(state["wall_time"]) if resuming else 0.0
-        started = time.perf_counter()
-        phases = method.phases()
-        first_phase = state["phase"] if resuming else 0
-        step = int(state["step"]) if resuming else 0
-        global_epoch = sum(p.train.epochs for p in phases[:first_phase])
-
-        for phase_index in range(first_phase, len(phases)):
-            phase = phases[phase_index]
-            resume_here = resuming and phase_index == first_phase
-            ctx.resuming = resume_here
-            new_model = method.start_phase(phase_index, model, ctx)
-            if new_model is not model:
-                model = new_model.to(device)
-                masking = Masking.attach(model, cfg.sparsity.layer_policy)
-                method.masking = masking
-                ctx.model, ctx.masking = model, masking
-            optimizer = make_optimizer(model, phase.train)
-            scaler = torch.amp.GradScaler(device.type) if phase.train.precision == "fp16" \
-                else None
-            start_epoch, skip_batches, partial = 0, 0, (0.0, 0)
-            if resume_here:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                if scaler is not None and "scaler" in state:
-                    scaler.load_state_dict(state["scaler"])
-                checkpoint.set_rng_state(state["rng"])
-                start_epoch, skip_batches = int(state["epoch"]), int(state["batch"])
-                partial = (float(state.get("loss_sum", 0.0)), int(state.get("n_batches", 0)))
-            cost = StepCost(model, data.input_shape)
-            steps_per_epoch = num_batches(data.train_size, phase.train.batch_size)
-            total_steps = steps_per_epoch * phase.train.epochs
-            loss_fn = train_loss(phase.train)
-            per_step_lr = phase.train.schedule_unit == "step"
-
-            for epoch in range(start_epoch, phase.train.epochs):
-                model.train()
-                set_lr(optimizer, phase.train, epoch, 0, steps_per_epoch)
-                loss_sum = torch.tensor(partial[0], dtype=torch.float64, device=device)
-                bad = torch.zeros((), dtype=torch.bool, device=device)
-                n_batches = partial[1]
-                # A resumed epoch starts at its first unconsumed batch; the skipped ones are
-                # not loaded (their augmentation draws are replayed to keep the generator).
-                batches = data.batches("train", phase.train.batch_size,
-                                       epoch_generator(cfg.seed, global_epoch + epoch),
-                                       data.batch_transform if cfg.data.augment else None,
-                                       start=skip_batches, pin_memory=device.type == "cuda")
-                for batch_index, (x, y) in enumerate(batches, start=skip_batches):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if per_step_lr:
-                        set_lr(optimizer, phase.train, epoch, batch_index, steps_per_epoch)
-                    with autocast(phase.train, device):
-                        loss = loss_fn(model(x), y)
-                        extra = method.extra_loss(model)
-                        total = loss if extra is None else loss + extra
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    if scaler is not None:
-                        scaler.scale(total).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        total.backward()
-                    method.after_backward(model, step)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    method.after_step(model, optimizer, step)
-                    train_flops += cost.train_flops(len(y)).to(train_flops.device)
-                    loss_sum += loss.detach().double()
-                    bad |= ~torch.isfinite(loss.detach())
-                    n_batches += 1
-                    if self.progress is not None:
-                        self.progress(step, total_steps)
-                    if self.should_stop() and batch_index + 1 < steps_per_epoch:
-                        self._save(model, optimizer, scaler, method, phase_index, epoch,
-                                   batch_index + 1, step, history, train_flops,
-                                   elapsed + time.perf_counter() - started,
-                                   loss_sum=float(loss_sum), n_batches=n_batches)
-                        raise Interrupted(f"stopped at step {step}")
-                skip_batches, partial = 0, (0.0, 0)
-                if bool(bad):
-                    raise Diverged(f"loss became NaN/inf in epoch {global_epoch + epoch + 1}")
-                method.end_epoch(model, optimizer, epoch)
-                metrics = evaluate(model, data, phase.train, device)
-                record = {
-                    "epoch": global_epoch + epoch + 1, "phase": phase.name, "step": step,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": float(loss_sum) / max(n_batches, 1),
-                    "density": masking.density(), **metrics,
-                }
-                history.append(record)
-                self.on_epoch(history)
-                self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in record.items()))
-                self._save(model, optimizer, scaler, method, phase_index, epoch + 1, 0, step,
-                           history, train_flops, elapsed + time.perf_counter() - started)
-                done_epochs = global_epoch + epoch + 1
-                if self.should_stop() or (
-                    self.stop_after_epoch is not None and done_epochs >= self.stop_after_epoch
-                    and not (phase_index == len(phases) - 1 and epoch + 1 == phase.train.epochs)
-                ):
-                    raise Interrupted(f"stopped after epoch {done_epochs}")
-            global_epoch += phase.train.epochs
-
-        model = method.finalize(model)
-        final = evaluate(model, data, phases[-1].train, device)
-        return Outcome(model=model, method=method, data=data, history=history,
-                       train_flops=float(train_flops),
-                       wall_time_s=elapsed + time.perf_counter() - started, final=final)
-
-    def _save(self, model, optimizer, scaler, method, phase, epoch, batch, step, history,
-              train_flops, wall_time, loss_sum=0.0, n_batches=0) -> None:
-        payload = {
-            "loss_sum": loss_sum, "n_batches": n_batches,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(), "phase": phase, "epoch": epoch, "batch": batch,
-            "step": step, "history": history, "train_flops": float(train_flops),
-            "wall_time": wall_time,
+    def _end_epoch(self, phase: Phase, epoch: int, global_epoch: int, loss_sum: torch.Tensor,
+                   n_batches: int, last: bool) -> None:
+        """The method's end_epoch, evaluation, the epoch's record, a checkpoint, and a stop
+        when asked (``should_stop``, ``stop_after_epoch``) unless training is over."""
+        self.method.end_epoch(self.model, self.optimizer, epoch)
+        metrics = evaluate(self.model, self.data, phase.train, self.device)
+        record = {
+            "epoch": global_epoch + epoch + 1, "phase": phase.name, "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / max(n_batches, 1),
+            "density": self.masking.density(), **metrics,
         }
-        if scaler is not None:
-            payload["scaler"] = scaler.state_dict()
-        checkpoint.save(self.ckpt_path, payload)
+        self.history.append(record)
+        self.on_epoch(self.history)
+        self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in record.items()))
+        self._save(self._state(epoch + 1, 0))
+        done_epochs = global_epoch + epoch + 1
+        finished = last and epoch + 1 == phase.train.epochs
+        if self.should_stop() or (self.stop_after_epoch is not None
+                                  and done_epochs >= self.stop_after_epoch and not finished):
+            raise Interrupted(f"stopped after epoch {done_epochs}")
+
+    def _finish(self, last_phase: Phase) -> Outcome:
+        model = self.method.finalize(self.model)
+        final = evaluate(model, self.data, last_phase.train, self.device)
+        return Outcome(model=model, method=self.method, data=self.data, history=self.history,
+                       train_flops=float(self.train_flops),
+                       wall_time_s=self.elapsed + time.perf_counter() - self.started,
+                       final=final)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _state(self, epoch: int, batch: int, loss_sum: float = 0.0,
+               n_batches: int = 0) -> TrainState:
+        """The train state now, at `batch` of `epoch` of the current phase."""
+        return TrainState(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            method=self.method.state_dict(), phase=self.phase_index, epoch=epoch,
+            batch=batch, step=self.step, history=self.history,
+            train_flops=float(self.train_flops),
+            wall_time=self.elapsed + time.perf_counter() - self.started,
+            loss_sum=loss_sum, n_batches=n_batches,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+        )
+
+    def _save(self, state: TrainState) -> None:
+        checkpoint.save(self.ckpt_path, state.to_payload())

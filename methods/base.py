@@ -1,40 +1,51 @@
-"""The method contract: one base class with small explicit hooks.
+"""The method contract: one base class with small explicit hooks, and the small service the
+harness offers a method during setup.
 
-The trainer calls the hooks in this order for every run::
+The trainer (``bench.train.Trainer``) calls the hooks in this order for every run::
 
     model = method.build_model(make_model, target)
     method.setup(ctx)                                   # once, before the first step
     for each phase (usually one):
       model = method.start_phase(i, model, ctx)         # may replace the model
       for each epoch:
-        for each batch:
+        for each batch:                                 # bench.train.train_step
             loss = loss_fn(model(x), y) + method.extra_loss(model)
-            loss.backward()
-            method.after_backward(model, step)
+            optimizer.zero_grad(); loss.backward()
+            method.after_backward(model, step)          # the dense gradient is here
             optimizer.step()
             method.after_step(model, optimizer, step)
-        method.end_epoch(model, optimizer, epoch)
+        method.end_epoch(model, optimizer, epoch)       # then the epoch's evaluation
     model = method.finalize(model)
 
-The dense-gradient rule: when ``after_backward`` runs, every weight's ``.grad`` is the gradient
-of the batch loss with respect to the *masked* weights (masked weights are exactly zero, so this
-is dL/d(w * m)), at masked positions too: nothing has masked it yet. A method that needs that
-unmasked gradient (RigL grows where |dL/d(w * m)| is largest) reads it there, before calling
-``MaskedMethod.after_backward``, which masks the gradients. A parameter whose ``.grad`` a method
-sets to None is skipped by the optimizer step that follows (RigL's no-step mask-update batch).
+The per-batch order exists once, in ``bench.train.train_step``, which the trainer and the tests'
+hook driver (``tests/hook_driver.py``) both call; ``step`` counts optimizer steps from 1, over all
+phases, and ``epoch`` is 0-based within the phase.
+
+**The dense-gradient rule.** ``loss.backward()`` leaves the gradient of every weight, pruned
+positions included, in ``.grad``: ``after_backward`` is the one place that sees it. A method that
+needs the unmasked gradient (RigL grows connections by the magnitude of the dense gradient of
+the current mini-batch: Evci et al., ICML 2020; ``shared/reference/methods.md`` §11) reads
+it in ``after_backward`` *before* masking it: ``MaskedMethod.after_backward`` zeroes the pruned
+positions' gradients (so momentum and Adam moments never accumulate there), so a subclass reads
+first and then calls ``super().after_backward``. After that hook the dense gradient is gone.
+A parameter whose ``.grad`` a method sets to None is skipped by the optimizer step that follows
+(RigL's no-step mask-update batch).
 
 A method overrides only what it needs. Everything it must carry across a resume goes through
 ``state_dict``/``load_state_dict`` (tensors and plain Python values only: checkpoints are loaded
 with ``torch.load(weights_only=True)``). Masks live on the model as buffers, so they are in the
 model's state already.
+
+A method imports from ``bench`` only configuration, errors and models (a test enforces it).
+What it needs from the rest of the harness (a finished run's weights, a trial training) it asks
+of ``ctx.harness`` (``Harness``), which the harness implements (``bench.run.RunHarness``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -51,6 +62,46 @@ class NoHparams:
     """For methods without hyperparameters of their own."""
 
 
+@dataclass(frozen=True)
+class TrialResult:
+    """The outcome of a trial training: its run id, whether it diverged (a NaN/inf loss), and
+    the sparsity of its final model over the prunable weights, counted as results count it
+    (``bench.flops.ModelCounts.sparsity``; None when it diverged)."""
+
+    run_id: str
+    diverged: bool
+    sparsity: float | None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run of the same root: its run id, its final weights (the state dict of its
+    ``model.pt``, on CPU) and its integrated training FLOPs."""
+
+    run_id: str
+    weights: dict[str, torch.Tensor]
+    train_flops: float
+
+
+class Harness(Protocol):
+    """What a method may ask of the harness during ``setup`` and ``start_phase``."""
+
+    def trial_train(self, config: RunConfig) -> TrialResult:
+        """Train `config` to its end, as a run of the grid would be trained, and return its
+        outcome. A function of `config` alone: the harness keeps each trial's outcome by run
+        id, so an identical trial (asked again, by another run or another process) is
+        trained once. It honours the run's stop request: a preemption during the trial
+        checkpoints it and raises the trainer's ``Interrupted``, and the next attempt resumes
+        it. Other errors propagate."""
+        ...
+
+    def finished_model(self, config: RunConfig) -> FinishedRun:
+        """The finished run of `config` (found by run id). Raises an error naming the run
+        when it has not finished successfully or its model file is missing: a method declares
+        such runs in ``Method.dependencies`` and the launcher trains them first."""
+        ...
+
+
 @dataclass
 class SetupContext:
     """What ``Method.setup`` may use. ``batches`` yields training batches on the run's device
@@ -65,10 +116,9 @@ class SetupContext:
     device: torch.device
     # The method's own generator, seeded from the run seed and saved in checkpoints.
     generator: torch.Generator
-    # The run root (for reusing other runs, e.g. the dense run EigenDamage starts from, and
-    # for caches such as STR's calibration) and the data root.
-    root: Path | None = None
-    data_root: Path | None = None
+    # The harness's services (trial trainings, finished runs); None where a method is driven
+    # without one (unit tests), and a method that needs it says so.
+    harness: Harness | None = None
     # True when the trainer is about to restore a checkpoint: rebuild structure (new modules,
     # reparameterisations) but skip expensive work whose result the checkpoint holds anyway.
     resuming: bool = False
@@ -203,6 +253,8 @@ class MaskedMethod(Method):
     momentum and Adam moments never accumulate on pruned positions."""
 
     def after_backward(self, model: nn.Module, step: int) -> None:
+        """Zero the pruned positions' gradients. A subclass that needs the dense gradient
+        reads it before calling this (the dense-gradient rule, module docstring)."""
         assert self.masking is not None
         self.masking.mask_gradients()
 

@@ -23,39 +23,28 @@ must nevertheless land near it, so the harness finds the weight decay itself:
   whether it met the tolerance. Runs are "short" in the sense that the search uses the
   smallest faithful run: the run's own recipe (a cheaper proxy would land somewhere else, since
   when STR's thresholds wake up depends on lr * wd * steps).
-* **Cache.** JSON at ``<root>/calibration/<key>.json``, where the key hashes the run's
-  configuration with the seed, the target and every weight-decay field normalised away: all
-  seeds of a grid cell share one calibration, and all targets share the evaluated runs (with
-  the weight decay fixed, a run does not depend on the target), so a later target usually
-  starts from a tight bracket. The file holds every (weight decay, sparsity) evaluation, added
-  as each run finishes, and the answer per target and search settings; re-running is free.
-  Updates are read-modify-write under an exclusive ``flock`` and written atomically; two
-  processes that miss at once both search, deterministically, and merge their evaluations.
+* **Reuse, never a different path.** The search path (which weight decays it evaluates, in
+  which order) is a function of the target, the settings and the evaluations' values only, never
+  of what earlier searches evaluated: a grid's runs give the same answer in any order, serially
+  or concurrently (issue 12). Reuse happens below the search: each evaluation is a trial
+  training (``Harness.trial_train``) whose outcome the harness keeps by run id, and the trial
+  config is normalised so that identical evaluations have one run id — every seed of a grid cell
+  and every target share them (with the weight decay fixed, a run depends on neither). So the
+  search for a second target re-trains nothing its path shares with the first (at least the
+  bracket's first end), and a rerun trains nothing at all.
 
 The search itself (``bisect_weight_decay``) only needs a callable ``train_short(weight_decay)
--> achieved_sparsity``; ``trainer_short_run`` builds that callable from ``bench.train``.
+-> achieved_sparsity``; STR builds it from ``ctx.harness.trial_train``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import math
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from bench.config import RunConfig, run_id, run_label, to_dict
-from bench.store import atomic_write_json, read_json
-
 CALIBRATION_SEED = 0
-CACHE_DIR = "calibration"
-# Bump when the search or the trained quantity changes, so stale caches are not reused.
-VERSION = 1
 # A run whose sparsity is within EDGE of 0 or 1 is saturated: no slope to interpolate on.
 EDGE = 1e-3
 
@@ -74,9 +63,10 @@ class Calibration:
     weight_decay: float
     achieved: float
     converged: bool
-    # Every (weight decay, sparsity) point the search knew of, by weight decay.
+    # Every (weight decay, sparsity) point the search evaluated, by weight decay.
     evaluations: tuple[tuple[float, float], ...]
-    # Training runs this search itself started (the rest came from the cache).
+    # Evaluations the search made: trial trainings, each trained once by the harness however
+    # many searches evaluate it.
     runs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,26 +103,17 @@ def split_point(lo: float, s_lo: float | None, hi: float, s_hi: float | None,
     return math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
 
 
-def known_bracket(points: dict[float, float], target: float) -> tuple[float | None,
-                                                                      float | None]:
-    """The tightest [lo, hi] the known points give: lo the largest weight decay still too
-    dense, hi the smallest above it that is sparse enough (None where there is none)."""
-    below = [w for w, s in points.items() if s < target]
-    lo = max(below) if below else None
-    above = [w for w, s in points.items() if s >= target and (lo is None or w > lo)]
-    return lo, (min(above) if above else None)
-
-
 def bisect_weight_decay(train_short: Callable[[float], float], target: float,
-                        settings: CalibrationSettings = CalibrationSettings(),
-                        known: dict[float, float] | None = None) -> Calibration:
-    """Search weight decay for `target` sparsity (see the module docstring), starting from the
-    `known` (weight decay -> sparsity) points of earlier searches on the same runs."""
+                        settings: CalibrationSettings = CalibrationSettings()) -> Calibration:
+    """Search weight decay for `target` sparsity (see the module docstring). The weight decays
+    evaluated depend only on `target`, `settings` and the values `train_short` returns.
+    Raises ValueError for a target outside (0, 1) or settings without 0 < low < high and
+    max_runs >= 1."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"calibration target {target} must be in (0, 1)")
     if not 0.0 < settings.low < settings.high or settings.max_runs < 1:
         raise ValueError("calibration needs 0 < low < high and max_runs >= 1")
-    points = dict(known or {})
+    points: dict[float, float] = {}
     runs = 0
 
     def run(wd: float) -> float:
@@ -148,137 +129,24 @@ def bisect_weight_decay(train_short: Callable[[float], float], target: float,
         hit = bool(points) and density_gap(closest()[1], target) <= settings.rel_tol
         return hit or runs >= settings.max_runs
 
-    if not finished():
-        lo, hi = known_bracket(points, target)
-        if hi is None:
-            # Bracket from above: `hi` must be sparse enough.
-            hi = settings.high if lo is None else max(settings.high, 10.0 * lo)
-            while run(hi) < target and not finished():
-                lo, hi = hi, hi * 10.0
-        if lo is None and not finished():
-            # Bracket from below: `lo` must be dense enough.
-            lo = min(settings.low, hi / 10.0)
-            while run(lo) >= target and not finished():
-                lo, hi = lo / 10.0, lo
-        while not finished():
-            assert lo is not None and hi is not None
-            mid = split_point(lo, points.get(lo), hi, points.get(hi), target)
-            if run(mid) < target:
-                lo = mid
-            else:
-                hi = mid
+    # Bracket from above: `hi` must be sparse enough.
+    lo: float | None = None
+    hi = settings.high
+    while run(hi) < target and not finished():
+        lo, hi = hi, hi * 10.0
+    if lo is None and not finished():
+        # Bracket from below: `lo` must be dense enough.
+        lo = min(settings.low, hi / 10.0)
+        while run(lo) >= target and not finished():
+            lo, hi = lo / 10.0, lo
+    while not finished():
+        assert lo is not None
+        mid = split_point(lo, points.get(lo), hi, points.get(hi), target)
+        if run(mid) < target:
+            lo = mid
+        else:
+            hi = mid
     best_wd, best = closest()
     return Calibration(target=target, weight_decay=best_wd, achieved=best,
                        converged=density_gap(best, target) <= settings.rel_tol,
                        evaluations=tuple(sorted(points.items())), runs=runs)
-
-
-def cache_key_config(config: RunConfig) -> RunConfig:
-    """The target is not part of the cache key: with the weight decay fixed, the trained runs
-    do not depend on it, so every target of one (model, data, recipe, policy, hyperparameters)
-    cell shares the evaluations."""
-    return replace(config, sparsity=replace(config.sparsity, target=0.0))
-
-
-def calibration_key(config: RunConfig) -> str:
-    """Readable, collision-safe file stem for a normalised calibration config."""
-    keyed = cache_key_config(config)
-    return f"{run_label(keyed)}-v{VERSION}-{run_id(keyed)}"
-
-
-def cache_path(root: Path, config: RunConfig) -> Path:
-    return Path(root) / CACHE_DIR / f"{calibration_key(config)}.json"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise read-modify-write of one cache file between processes (runs of one grid on
-    one file system); training happens outside the lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _target_name(target: float) -> str:
-    return f"{target:.6g}"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    body = read_json(path) if path.exists() else {}
-    if body.get("version") != VERSION:
-        body = {}
-    body.setdefault("evaluations", [])
-    body.setdefault("targets", {})
-    return body
-
-
-def _record(path: Path, config: RunConfig, new_points: dict[float, float],
-            result: Calibration | None, settings: CalibrationSettings) -> None:
-    with _locked(path):
-        body = _read(path)
-        points = {float(w): float(s) for w, s in body["evaluations"]}
-        points.update(new_points)
-        body.update(version=VERSION, key=calibration_key(config),
-                    config=to_dict(cache_key_config(config)),
-                    evaluations=[list(e) for e in sorted(points.items())])
-        if result is not None:
-            body["targets"][_target_name(result.target)] = {
-                "settings": asdict(settings), "calibration": result.to_dict()}
-        atomic_write_json(path, body)
-
-
-def cached_calibration(
-    root: Path | None, config: RunConfig, train_short: Callable[[float], float],
-    settings: CalibrationSettings,
-) -> Calibration:
-    """The calibration of `config` (normalised by the caller: seed and weight decays) for its
-    target: from the cache under `root` when this target was searched with these settings,
-    otherwise a search that reuses every cached evaluation and records each new run as soon as
-    it finishes. With no root, search without caching."""
-    target = config.sparsity.target
-    if root is None:
-        return bisect_weight_decay(train_short, target, settings)
-    path = cache_path(root, config)
-    with _locked(path):
-        body = _read(path)
-    entry = body["targets"].get(_target_name(target))
-    if entry is not None and entry["settings"] == asdict(settings):
-        return Calibration.from_dict(entry["calibration"])
-    known = {float(w): float(s) for w, s in body["evaluations"]}
-
-    def recorded(wd: float) -> float:
-        achieved = float(train_short(wd))
-        _record(path, config, {wd: achieved}, None, settings)
-        return achieved
-
-    result = bisect_weight_decay(recorded, target, settings, known)
-    _record(path, config, dict(result.evaluations), result, settings)
-    return result
-
-
-def trainer_short_run(make_config: Callable[[float], RunConfig],
-                      data_root: Path | None) -> Callable[[float], float]:
-    """``train_short(wd)``: train ``make_config(wd)`` with ``bench.train`` in a scratch folder
-    and return the sparsity its final masks count (1.0 if it diverged). The caller's RNG state
-    is left as it was."""
-
-    def train_short(weight_decay: float) -> float:
-        # bench.train imports the method registry, which imports this module: import late.
-        from bench.flops import count
-        from bench.train import Diverged, Trainer
-
-        config = make_config(weight_decay)
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with tempfile.TemporaryDirectory(prefix="calibration-") as scratch, \
-                torch.random.fork_rng(devices=cuda):
-            try:
-                outcome = Trainer(config, Path(scratch), data_root=data_root).run()
-            except Diverged:
-                return 1.0
-        return count(outcome.model, outcome.data.input_shape).sparsity
-
-    return train_short

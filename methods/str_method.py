@@ -30,10 +30,11 @@ reparameterization and the hooks are removed, and the masks equal W_hat != 0, so
 exactly the zeros the forward pass has.
 
 Sparsity comes from the weight decay (the threshold grows as decay pulls s towards 0), so a run
-with a target gets its weight decay from ``methods.calibration`` (bisection over runs of the same
-recipe, cached under ``<root>/calibration/``); ``weight_decay`` in the hyperparameters overrides
-the search. The chosen decay replaces the recipe's in this run's single training phase, and
-``summary()`` records it with the achieved sparsity and per-layer thresholds.
+with a target gets its weight decay from ``methods.calibration`` (bisection over trial runs of
+the same recipe, trained through ``ctx.harness.trial_train``, which keeps each trial under
+``<root>/trials/``); ``weight_decay`` in the hyperparameters overrides the search. The chosen
+decay replaces the recipe's in this run's single training phase, and ``summary()`` records it
+with the achieved sparsity and per-layer thresholds.
 
 Deviations, on purpose: the reference uses Kaiming-normal fan-in init and learned-affine BN; the
 harness keeps each model's own init.
@@ -49,20 +50,19 @@ the thresholds from -3200 (the reference's value suits 100 ImageNet epochs); a s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.config import check
+from bench.config import RunConfig, check
 from methods.base import Method, Phase, SetupContext
 from methods.calibration import (
     CALIBRATION_SEED,
     Calibration,
     CalibrationSettings,
-    cached_calibration,
-    trainer_short_run,
+    bisect_weight_decay,
 )
 from methods.masking import MASK_BUFFER
 
@@ -310,11 +310,17 @@ class STR(Method):
         self.final: dict[str, Any] = {}
 
     # --- weight decay -------------------------------------------------------------------
-    def calibration_config(self):
-        """The run's config with everything that does not change the answer normalised away:
-        the seed (all seeds share one calibration) and every weight-decay field."""
-        hp = replace(self.hparams, weight_decay=None)
+    def trial_config(self, weight_decay: float) -> RunConfig:
+        """The calibration's run at `weight_decay`: this run's config with what does not change
+        that run normalised away, so that identical trials have one run id: the seed (every seed
+        of a grid cell shares one calibration), the target (ignored once the weight decay is
+        given, so every target shares the trials), the recipe's weight decay (replaced) and the
+        search settings (set to their defaults)."""
+        search = {f.name: f.default for f in fields(STRHparams)
+                  if f.name.startswith("calibration_")}
+        hp = replace(self.hparams, weight_decay=weight_decay, **search)
         return replace(self.config, seed=CALIBRATION_SEED,
+                       sparsity=replace(self.config.sparsity, target=0.0),
                        train=replace(self.config.train, weight_decay=0.0),
                        method=replace(self.config.method, hparams=hp))
 
@@ -333,16 +339,17 @@ class STR(Method):
             self.weight_decay, self.weight_decay_source = self.config.train.weight_decay, \
                 "recipe"
             return
-        base = self.calibration_config()
+        harness = ctx.harness
+        if harness is None:
+            raise RuntimeError("STR calibrates its weight decay with trial runs: it needs the "
+                               "harness (ctx.harness), or a weight_decay in its hparams")
 
-        def with_decay(wd: float):
-            return replace(base, method=replace(base.method,
-                                                hparams=replace(base.method.hparams,
-                                                                weight_decay=wd)))
+        def sparsity_at(weight_decay: float) -> float:
+            trial = harness.trial_train(self.trial_config(weight_decay))
+            # A diverged trial counts as fully sparse: too much decay (calibration docstring).
+            return 1.0 if trial.diverged else float(trial.sparsity)
 
-        self.calibration = cached_calibration(ctx.root, base,
-                                              trainer_short_run(with_decay, ctx.data_root),
-                                              self.settings())
+        self.calibration = bisect_weight_decay(sparsity_at, self.target, self.settings())
         self.weight_decay, self.weight_decay_source = self.calibration.weight_decay, \
             "calibrated"
 

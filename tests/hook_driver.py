@@ -1,6 +1,7 @@
-"""Drive a method's hooks by hand on a tiny Conv1d+Linear network, the way bench.train does,
-for the dynamic-sparse-training tests (DeepR, SET, DSR): build, train k steps, check the zero
-invariant, and compare a straight run with a saved-and-resumed one bit for bit."""
+"""Drive a method's hooks on a tiny Conv1d+Linear network with the trainer's own step
+(``bench.train.train_step``, so the hook order is the trainer's), for the dynamic-sparse-training
+tests (DeepR, SET, DSR): build, train k steps, check the zero invariant, and compare a straight
+run with a saved-and-resumed one bit for bit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import MethodConfig, RunConfig, SparsityConfig, TrainConfig
+from bench.train import train_step
 from methods import get_method
 from methods.base import SetupContext
 from methods.masking import Masking
@@ -71,14 +73,7 @@ def train(model, method, opt, start, stop, check=None, data=None):
     for step in range(start + 1, stop + 1):
         i = (step - 1) % SPE
         x, y = xs[i * BATCH:(i + 1) * BATCH], ys[i * BATCH:(i + 1) * BATCH]
-        loss = F.cross_entropy(model(x), y)
-        extra = method.extra_loss(model)
-        total = loss if extra is None else loss + extra
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        method.after_backward(model, step)
-        opt.step()
-        method.after_step(model, opt, step)
+        train_step(model, method, opt, x, y, step)
         if step % SPE == 0:
             method.end_epoch(model, opt, step // SPE - 1)
         if check is not None:

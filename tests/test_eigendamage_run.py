@@ -1,9 +1,11 @@
-"""EigenDamage end to end: it starts from the dense run of the same recipe (reused by run id,
-trained first when missing), reaches its parameter budget, and resumes bit-identically through
-the prune phase (one-pass and iterative)."""
+"""EigenDamage end to end: it starts from the finished dense run of the same recipe (by run id,
+through the harness; a missing one fails the run, naming it, and is never trained inline),
+reaches its parameter budget, and resumes bit-identically through the prune phase (one-pass and
+iterative)."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,13 +37,27 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root):
-    """An uninterrupted one-pass run whose dense run is missing: it trains it first."""
+    """An uninterrupted one-pass run after its dense run, as the launcher orders them."""
     root = tmp_path_factory.mktemp("ed_ref")
     config = ed_config()
+    assert run_one(dense_config(config), root, data_root)["status"] == "ok"
     return config, root, run_one(config, root, data_root)
 
 
-def test_trains_the_missing_dense_run_and_meets_the_budget(reference):
+def test_a_missing_dense_run_fails_the_run_naming_it_and_is_not_trained(tmp_path, data_root):
+    config = ed_config()
+    result = run_one(config, tmp_path, data_root)
+    # Not the method's failure: a plain rerun (which trains the dense run first) retries it.
+    assert (result["status"], result["error_kind"]) == ("error", "environment")
+    dense = dense_config(config)
+    assert result["error"] == (
+        f"DependencyNotDone: run {run_id(dense)} ({run_folder(tmp_path, dense)}), which this run "
+        "starts from, has no result; train it first (sparsebench run trains the runs a run "
+        "depends on before it)")
+    assert dense_folders(tmp_path) == []
+
+
+def test_starts_from_the_dense_run_and_meets_the_budget(reference):
     config, root, result = reference
     assert result["status"] == "ok", result.get("error")
     dense = dense_config(config)
@@ -88,7 +104,7 @@ def test_reuses_dense_run_and_resumes_bit_identically(reference, tmp_path, data_
     result = run_one(config, tmp_path, data_root)
     assert result["status"] == "ok"
     # The dense run was reused, not retrained, and the outcome is the one the uninterrupted
-    # run (which trained its dense run itself) reached.
+    # run reached.
     assert dense_folders(tmp_path) == [run_folder(tmp_path, dense)]
     assert (run_folder(tmp_path, dense) / store.RESULT).read_bytes() == dense_result
     assert_identical(final_weights(tmp_path, config), final_weights(ref_root, config))
@@ -98,6 +114,8 @@ def test_reuses_dense_run_and_resumes_bit_identically(reference, tmp_path, data_
 def test_iterative_resumes_between_and_inside_rounds(tmp_path_factory, data_root):
     config = ed_config(0.6, mode="iterative", rounds=2, finetune_epochs=2)
     ref_root = tmp_path_factory.mktemp("ed_iter_ref")
+    dense = dense_config(config)
+    assert run_one(dense, ref_root, data_root)["status"] == "ok"
     ref = run_one(config, ref_root, data_root)
     assert ref["status"] == "ok", ref.get("error")
     rounds = ref["method_summary"]["rounds"]
@@ -107,6 +125,7 @@ def test_iterative_resumes_between_and_inside_rounds(tmp_path_factory, data_root
     assert [h["phase"] for h in ref["history"]] == ["round1", "round1", "round2", "round2"]
 
     root = tmp_path_factory.mktemp("ed_iter")
+    shutil.copytree(run_folder(ref_root, dense), run_folder(root, dense))
     for stop in (2, 3):  # at the boundary between the rounds, then inside round 2
         with pytest.raises(Interrupted):
             run_one(config, root, data_root, stop_after_epoch=stop)

@@ -1,5 +1,6 @@
 """STR: the soft-threshold forward rule and its gradients, weight decay on s, baking, masks,
-resume, and the weight-decay calibration (with a fake trainer and once end to end)."""
+resume, and the weight-decay calibration (with a fake harness and once end to end; its order
+independence and preemption: tests/test_str_calibration.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import io
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -16,26 +18,20 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import methods.str_method as str_method
-from bench.config import MethodConfig, RunConfig, SparsityConfig, TrainConfig
+from bench.config import MethodConfig, RunConfig, SparsityConfig, TrainConfig, run_id
 from bench.flops import count
 from bench.models.mnist1d import MNIST1DCNN
 from bench.run import run_folder, run_one
 from bench.train import Interrupted, make_optimizer
-from methods.base import SetupContext
-from methods.calibration import (
-    Calibration,
-    CalibrationSettings,
-    bisect_weight_decay,
-    cache_path,
-    cached_calibration,
-    density_gap,
-)
+from bench.trial import TRIALS
+from methods.base import SetupContext, TrialResult
+from methods.calibration import CalibrationSettings, bisect_weight_decay, density_gap
 from methods.masking import Masking
 from methods.str_method import STR, SoftThreshold, STRHparams
 from tests.helpers import tiny_config
 
 
-def make_ctx(model, hparams, target=0.9, policy="all", resuming=False, train=None, root=None,
+def make_ctx(model, hparams, target=0.9, policy="all", resuming=False, train=None, harness=None,
              seed=0):
     config = RunConfig(method=MethodConfig("str", hparams),
                        train=train or TrainConfig(optimizer="sgd", lr=0.1),
@@ -44,7 +40,7 @@ def make_ctx(model, hparams, target=0.9, policy="all", resuming=False, train=Non
     masking = Masking.attach(model, policy)
     ctx = SetupContext(model=model, masking=masking, config=config, loss_fn=F.cross_entropy,
                        batches=lambda: iter(()), steps_per_epoch=1, device=torch.device("cpu"),
-                       generator=method.generator, root=root, resuming=resuming)
+                       generator=method.generator, harness=harness, resuming=resuming)
     return method, ctx
 
 
@@ -363,76 +359,88 @@ def test_bisection_expands_the_bracket_both_ways_and_stops_at_max_runs():
     assert result.weight_decay == max(calls)  # the closest of the four
 
 
-def test_cache_is_written_under_the_root_and_reused(tmp_path):
-    train_short, calls = fake_curve()
-    config = RunConfig(method=MethodConfig("str", STRHparams()),
-                       sparsity=SparsityConfig(target=0.9))
-    settings = CalibrationSettings(max_runs=30)
-    first = cached_calibration(tmp_path, config, train_short, settings)
-    path = cache_path(tmp_path, config)
-    assert path.parent == tmp_path / "calibration" and path.exists()
-    body = json.loads(path.read_text())
-    assert Calibration.from_dict(body["targets"]["0.9"]["calibration"]) == first
-    assert first.runs == len(calls)
-    assert sorted(tuple(e) for e in body["evaluations"]) == sorted(
-        (w, 1.0 - math.exp(-w / 1e-3)) for w in calls)
-    n = len(calls)
-    again = cached_calibration(tmp_path, config, train_short, settings)
-    assert again == first and len(calls) == n
-    # Another target shares the file and starts from the evaluated runs: a tight bracket.
-    other = replace(config, sparsity=SparsityConfig(target=0.8))
-    assert cache_path(tmp_path, other) == path
-    second = cached_calibration(tmp_path, other, train_short, settings)
-    assert second.converged and 0 < second.runs == len(calls) - n < first.runs
-    body = json.loads(path.read_text())
-    assert set(body["targets"]) == {"0.9", "0.8"}
-    assert len(body["evaluations"]) == len(calls)
-    # Other search settings search again, here without a single new run: a cached point fits.
-    m = len(calls)
-    third = cached_calibration(tmp_path, config, train_short, CalibrationSettings(max_runs=29))
-    assert third.runs == 0 and len(calls) == m and third.weight_decay == first.weight_decay
+class FakeHarness:
+    """Trial trainings on the fake curve (``fake_curve``), kept by run id as the harness keeps
+    them; trials above `diverge_above` diverge."""
+
+    def __init__(self, scale=1e-3, diverge_above=math.inf):
+        self.curve, self.trainings = fake_curve(scale)
+        self.diverge_above = diverge_above
+        self.asked: list[RunConfig] = []
+        self.kept: dict[str, TrialResult] = {}
+
+    def trial_train(self, config):
+        self.asked.append(config)
+        rid = run_id(config)
+        if rid not in self.kept:
+            wd = config.method.hparams.weight_decay
+            self.kept[rid] = TrialResult(rid, True, None) if wd > self.diverge_above \
+                else TrialResult(rid, False, self.curve(wd))
+        return self.kept[rid]
+
+    def finished_model(self, config):
+        raise AssertionError("STR starts from no finished run")
 
 
-def test_known_points_give_the_bracket_and_a_close_one_ends_the_search():
-    train_short, calls = fake_curve()
-    wd90 = -1e-3 * torch.log(torch.tensor(0.1)).item()
-    known = {1e-4: 0.095, 1e-3: 0.632, 1e-2: 0.99995}
-    result = bisect_weight_decay(train_short, 0.9, CalibrationSettings(), known)
-    assert result.converged
-    # Every new evaluation lies inside the bracket the known points gave.
-    assert calls and all(1e-3 < w < 1e-2 for w in calls)
-    assert result.weight_decay == pytest.approx(wd90, rel=0.1)
-    close = bisect_weight_decay(train_short, 0.632, CalibrationSettings(), known)
-    assert close.runs == 0 and close.weight_decay == 1e-3
+SEARCH = STRHparams(calibration_max_runs=30)
 
 
-def test_setup_calibrates_once_for_all_seeds_and_recipes_weight_decay(tmp_path, monkeypatch):
-    made = []
-
-    def fake_runner(make_config, data_root):
-        def train_short(wd):
-            config = make_config(wd)
-            made.append(config)
-            return float(1 - torch.exp(torch.tensor(-wd / 1e-3)))
-        return train_short
-
-    monkeypatch.setattr(str_method, "trainer_short_run", fake_runner)
-    hp = STRHparams(calibration_max_runs=30)
-    method, ctx = make_ctx(MNIST1DCNN(), hp, root=tmp_path, seed=3)
+def setup_str(harness, target=0.9, seed=3, train=None, hp=SEARCH):
+    method, ctx = make_ctx(MNIST1DCNN(), hp, target=target, harness=harness, seed=seed,
+                           train=train or TrainConfig(optimizer="sgd", lr=0.1))
     method.setup(ctx)
+    return method
+
+
+def test_setup_calibrates_on_trials_every_seed_and_target_shares():
+    harness = FakeHarness()
+    method = setup_str(harness)
     assert method.weight_decay_source == "calibrated"
     assert method.phases()[0].train.weight_decay == method.calibration.weight_decay
-    assert {c.seed for c in made} == {0}
-    assert {c.method.hparams.weight_decay for c in made} == {w for w, _ in
-                                                             method.calibration.evaluations}
-    assert all(c.sparsity.target == 0.9 and c.train.optimizer == "sgd" for c in made)
-    n = len(made)
-    other_train = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4)
-    method2, ctx2 = make_ctx(MNIST1DCNN(), hp, root=tmp_path, seed=7, train=other_train)
-    method2.setup(ctx2)
-    assert len(made) == n and method2.weight_decay == method.weight_decay
-    summary = method2.summary()
+    # Trials: seed 0, target 0 and no recipe weight decay, whatever the run's.
+    made = harness.asked
+    assert {(c.seed, c.sparsity.target, c.train.weight_decay) for c in made} == {(0, 0.0, 0.0)}
+    assert [c.method.hparams.weight_decay for c in made] == harness.trainings
+    assert sorted(harness.trainings) == [w for w, _ in method.calibration.evaluations]
+    assert method.calibration.runs == len(made)
+    # The search settings are normalised too: they do not change a trial.
+    assert {(c.train.optimizer, c.method.hparams.calibration_max_runs) for c in made} == {
+        ("sgd", STRHparams().calibration_max_runs)}
+    # Another seed and another recipe weight decay ask for the same trials: nothing trained.
+    n = len(harness.trainings)
+    other = setup_str(harness, seed=7,
+                      train=TrainConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4))
+    assert len(harness.trainings) == n
+    assert other.weight_decay == method.weight_decay and other.calibration == method.calibration
+    summary = other.summary()
     assert summary["calibration"]["converged"] and summary["calibration"]["seed"] == 0
+    # Another target follows its own path, the one it follows on a fresh harness, and trains
+    # only the trials of that path the first target did not.
+    fresh = FakeHarness()
+    alone = setup_str(fresh, target=0.8)
+    after = setup_str(harness, target=0.8)
+    assert after.calibration == alone.calibration and after.calibration.converged
+    assert [run_id(c) for c in harness.asked[-len(fresh.asked):]] == [
+        run_id(c) for c in fresh.asked]
+    shared = {w for w, _ in alone.calibration.evaluations} & {
+        w for w, _ in method.calibration.evaluations}
+    assert shared and len(harness.trainings) - n == len(fresh.trainings) - len(shared)
+
+
+def test_a_diverged_trial_counts_as_fully_sparse():
+    # 90% needs wd ~2.3e-3; the bracket's upper end 0.1 diverges and counts as sparsity 1.
+    method = setup_str(FakeHarness(diverge_above=0.05))
+    evaluations = dict(method.calibration.evaluations)
+    assert evaluations[0.1] == 1.0
+    assert method.calibration.converged
+    assert method.calibration.weight_decay == pytest.approx(-1e-3 * math.log(0.1), rel=0.1)
+
+
+def test_calibration_without_a_harness_says_what_it_needs():
+    with pytest.raises(RuntimeError, match="needs the harness"):
+        setup_str(None)
+    method = setup_str(None, hp=STRHparams(weight_decay=0.01))
+    assert (method.weight_decay, method.weight_decay_source) == (0.01, "hparams")
 
 
 def test_end_to_end_calibrated_run_lands_near_its_target(tmp_path, data_root):
@@ -450,13 +458,20 @@ def test_end_to_end_calibrated_run_lands_near_its_target(tmp_path, data_root):
     assert result["counts"]["sparsity"] == pytest.approx(cal["achieved"], abs=1e-12)
     assert summary["achieved_sparsity"] == pytest.approx(result["counts"]["sparsity"])
     assert density_gap(result["counts"]["sparsity"], 0.7) <= 0.25
-    assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+    # One trial folder per evaluation, each with its outcome and no leftover checkpoint.
+    trials = sorted((tmp_path / TRIALS).iterdir())
+    assert len(trials) == cal["runs"] == len(cal["evaluations"])
+    recorded = []
+    for trial in trials:
+        body = json.loads((trial / "result.json").read_text())
+        recorded.append([body["config"]["method"]["hparams"]["weight_decay"], body["sparsity"]])
+    assert sorted(recorded) == cal["evaluations"]
+    assert not list((tmp_path / TRIALS).glob("*/checkpoint.pt"))
 
-    # Interrupted after one epoch and resumed: identical to an uninterrupted run.
+    # Interrupted after one epoch and resumed: identical to an uninterrupted run (its trials
+    # copied over, so that only the run itself trains again).
     resumed_root = tmp_path / "resumed"
-    (resumed_root / "calibration").mkdir(parents=True)
-    for f in (tmp_path / "calibration").glob("*.json"):
-        (resumed_root / "calibration" / f.name).write_text(f.read_text())
+    shutil.copytree(tmp_path / TRIALS, resumed_root / TRIALS)
     with pytest.raises(Interrupted):
         run_one(config, resumed_root, data_root, stop_after_epoch=1)
     again = run_one(config, resumed_root, data_root)

@@ -9,8 +9,10 @@ wd 1e-4, ×0.1 at 50% and ×0.01 at 75% of the epochs). See ``shared/reference/m
 
 How it runs in the harness:
 
-- It starts from the finished dense run of the same model, data, recipe and seed (found by run
-  id; trained first when missing), never from a private copy.
+- It starts from the finished dense run of the same model, data, recipe and seed, found by run
+  id through ``ctx.harness.finished_model``, never from a private copy. It declares that run in
+  ``dependencies`` and the launcher trains it first; a run whose dense run has not finished
+  fails, naming it, and never trains it itself.
 - Each phase is one pruning round followed by fine-tuning: ``one_pass`` has one round,
   ``iterative`` has ``rounds`` of them, each pruning the network the previous one left (new
   eigenbases are composed with the existing rotations, the reference's ``_merge_Qs``).
@@ -154,23 +156,12 @@ class EigenDamage(Method):
         return [dense_config(self.config)]
 
     def _dense_state(self, ctx: SetupContext) -> dict[str, torch.Tensor]:
-        # Imported here: bench.run imports the method registry, which imports this module.
-        from bench.run import load_final_model, run_folder, run_one
-        from bench.store import read_result
-
-        if ctx.root is None:
-            raise UserError("eigendamage needs the run root to find its dense run")
-        dense = dense_config(self.config)
-        result = read_result(run_folder(ctx.root, dense))
-        if result is None or result.get("status") != "ok":
-            # Trained here only when the launcher did not order it first; the global RNG is
-            # restored so this run continues as if the dense run had been there already.
-            with torch.random.fork_rng(devices=[]):
-                result = run_one(dense, ctx.root, ctx.data_root)
-            if result.get("status") != "ok":
-                raise RuntimeError(f"dense run {run_id(dense)} failed: {result.get('error')}")
-        self.dense_train_flops = result.get("train_flops")
-        return load_final_model(ctx.root, dense)
+        if ctx.harness is None:
+            raise RuntimeError("eigendamage starts from its finished dense run: it needs the "
+                               "harness (ctx.harness) to find it")
+        dense = ctx.harness.finished_model(dense_config(self.config))
+        self.dense_train_flops = dense.train_flops
+        return dense.weights
 
     # --- phases -------------------------------------------------------------------------
     def setup(self, ctx: SetupContext) -> None:

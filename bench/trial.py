@@ -1,0 +1,129 @@
+"""Trial trainings: the runs a method trains during its own setup to choose a knob (STR's
+weight decay, ``methods/calibration.py``), offered to methods as ``Harness.trial_train``
+(``methods/base.py``).
+
+A trial is a function of its config. It lives in ``<root>/trials/<label>-<run id>/`` (its
+checkpoint while it trains, then ``result.json``), so an identical trial asked for again (by
+another seed or target of the same grid cell, a rerun, another process at the same time) is
+trained once and read back afterwards: what is already there can save time but never change an
+answer. A per-trial file lock makes a second asker wait for the process training it, polling
+the run's stop request while it waits. A trial stopped by that request keeps its checkpoint and
+resumes, bit-identically, the next time it is asked for. Trials are not runs of the grid: they
+live outside ``<root>/runs`` and never appear in status or reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import filelock
+import torch
+
+from bench import store
+from bench.config import RunConfig, run_id, run_label, to_dict
+from bench.flops import count
+from bench.train import (
+    Diverged,
+    Interrupted,
+    Trainer,
+    intra_op_threads,
+    make_method,
+    resolve_hparams,
+)
+from methods.base import Harness, TrialResult
+
+TRIALS = "trials"
+LOCK = "trial.lock"
+# How often a process waiting for another's trial checks its own stop request (s).
+LOCK_POLL_S = 1.0
+
+
+def trial_folder(root: Path, config: RunConfig) -> Path:
+    return Path(root) / TRIALS / f"{run_label(config)}-{run_id(config)}"
+
+
+def train_trial(
+    config: RunConfig,
+    root: Path,
+    *,
+    data_root: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    harness: Harness | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> TrialResult:
+    """Train `config` in its trial folder under `root`, or read its finished outcome there.
+
+    The trainer gets `should_stop` (a stop checkpoints the trial and raises ``Interrupted``)
+    and `harness` (for the trial method's own setup). The caller's global RNG state and
+    thread count are left as they were. Errors other than divergence propagate and record
+    nothing, so the trial is tried again next time."""
+    config = resolve_hparams(config)
+    rid = run_id(config)
+    folder = trial_folder(root, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / LOCK, should_stop or (lambda: False), rid):
+        done = read_trial(folder, rid)
+        if done is not None:
+            log(f"trial {rid}: done before, sparsity {done.sparsity}")
+            return done
+        log(f"trial {rid}: training in {folder}")
+        result = _train(config, folder, data_root, should_stop, harness)
+        store.atomic_write_json(folder / store.RESULT, {
+            "run_id": rid, "config": to_dict(config), "diverged": result.diverged,
+            "sparsity": result.sparsity})
+        (folder / store.CHECKPOINT).unlink(missing_ok=True)
+    log(f"trial {rid}: " + ("diverged" if result.diverged else f"sparsity {result.sparsity}"))
+    return result
+
+
+def read_trial(folder: Path, rid: str) -> TrialResult | None:
+    """The recorded outcome of trial `rid`, or None when there is none or it does not read
+    back as one (then the trial is trained again and the record replaced)."""
+    try:
+        body: Any = store.read_json(folder / store.RESULT)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("run_id") != rid:
+        return None
+    diverged, sparsity = body.get("diverged"), body.get("sparsity")
+    if diverged is True and sparsity is None:
+        return TrialResult(rid, True, None)
+    if (diverged is False and isinstance(sparsity, (int, float))
+            and not isinstance(sparsity, bool) and 0.0 <= sparsity <= 1.0):
+        return TrialResult(rid, False, float(sparsity))
+    return None
+
+
+def _train(config: RunConfig, folder: Path, data_root: Path | None,
+           should_stop: Callable[[], bool] | None, harness: Harness | None) -> TrialResult:
+    rid = run_id(config)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    trainer = Trainer(make_method(config), folder, harness=harness, data_root=data_root,
+                      should_stop=should_stop)
+    with torch.random.fork_rng(devices=cuda), intra_op_threads(config.train):
+        try:
+            outcome = trainer.run()
+        except Diverged:
+            return TrialResult(rid, True, None)
+    return TrialResult(rid, False, count(outcome.model, outcome.data.input_shape).sparsity)
+
+
+@contextmanager
+def _locked(path: Path, should_stop: Callable[[], bool], rid: str) -> Iterator[None]:
+    """Hold the trial's lock; while another process holds it, wait, and give up with
+    ``Interrupted`` when this run is asked to stop."""
+    lock = filelock.FileLock(path)
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_S)
+            break
+        except filelock.Timeout:
+            if should_stop():
+                raise Interrupted(f"stopped while waiting for trial {rid}") from None
+    try:
+        yield
+    finally:
+        lock.release()
