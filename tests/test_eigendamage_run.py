@@ -55,6 +55,9 @@ def test_a_missing_dense_run_fails_the_run_naming_it_and_is_not_trained(tmp_path
         "starts from, has no result; train it first (sparsebench run trains the runs a run "
         "depends on before it)")
     assert dense_folders(tmp_path) == []
+    # Once the dense run is there, a plain rerun trains the EigenDamage run.
+    assert run_one(dense, tmp_path, data_root)["status"] == "ok"
+    assert run_one(config, tmp_path, data_root)["status"] == "ok"
 
 
 def test_starts_from_the_dense_run_and_meets_the_budget(reference):
