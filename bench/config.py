@@ -21,7 +21,7 @@ DISTRIBUTIONS = ("default", "uniform", "erk", "learned")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
 SCHEDULE_UNITS = ("epoch", "step")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class TrainConfig:
     schedule_unit: str = field(default="epoch", metadata=check(choices=SCHEDULE_UNITS))
     label_smoothing: float = field(default=0.0, metadata=check(ge=0, lt=1))
     no_bn_decay: bool = False  # STR's flag: no weight decay on norm parameters and biases
+    # GPU execution (bench/accel.py); CPU runs compute the same either way.
+    deterministic: bool = False  # deterministic algorithms instead of cuDNN autotuning
+    compile: bool = False  # torch.compile the model's forward (masks never recompile it)
 
 
 @dataclass(frozen=True)
