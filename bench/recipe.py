@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.accel import optimizer_kernel
 from bench.config import TrainConfig
 
 # Module types whose parameters ``no_bn_decay`` exempts from weight decay.
@@ -77,15 +78,20 @@ def param_groups(model: nn.Module, train: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov when momentum > 0) or Adam over ``param_groups``; foreach=True
-    on every device (one call per step over all parameters)."""
+def make_optimizer(model: nn.Module, train: TrainConfig,
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov when momentum > 0) or Adam over ``param_groups``: one call per
+    step over all parameters, fused CUDA kernels on a GPU, foreach elsewhere
+    (``bench.accel.optimizer_kernel``; `device` defaults to the model's)."""
     groups = param_groups(model, train)
+    if device is None:
+        device = next(model.parameters()).device
+    kernel = optimizer_kernel(device)
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum,
                                nesterov=train.nesterov and train.momentum > 0,
-                               weight_decay=train.weight_decay, foreach=True)
-    return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay, foreach=True)
+                               weight_decay=train.weight_decay, **kernel)
+    return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay, **kernel)
 
 
 def train_loss(train: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import bench
-from bench import store
+from bench import accel, store
 from bench.budget import budget_error, calibration_flag
 from bench.config import RunConfig, run_id, run_label, to_dict
 from bench.failures import DependencyNotDone, classify, retried_by_plain_rerun
@@ -180,6 +180,9 @@ def run_one(
         "config": to_dict(config),
         "method_label": label or get_method(config.method.name).label(config),
         "device": str(resolve_device(config.train.device)),
+        # What "auto" became on this device (bench.accel): the numbers depend on it.
+        "precision": accel.resolve_precision(config.train.precision,
+                                             resolve_device(config.train.device)),
         "versions": versions(),
     }
     # Progress file for `sparsebench run`'s bars, and the optional TensorBoard / W&B loggers.

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import checkpoint
+from bench import accel, checkpoint
 from bench.config import RunConfig, TrainConfig
 from bench.data import load_dataset
 from bench.data.base import DataBundle, epoch_generator, num_batches
@@ -116,10 +116,8 @@ def evaluate(model: nn.Module, data: DataBundle, train: TrainConfig,
 
 
 def autocast(train: TrainConfig, device: torch.device):
-    if train.precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if train.precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    """The autocast context of the recipe's precision on `device` ("auto" resolved there)."""
+    return accel.autocast(accel.resolve_precision(train.precision, device), device)
 
 
 def train_step(
@@ -247,8 +245,13 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoint.pt"
         # Data given in place of the config's dataset (preflight trains on synthetic data).
         self.given_data = data
+        self._compiled: set[int] = set()  # ids of models whose forward is compiled
 
     def run(self) -> Outcome:
+        with accel.backend_flags(self.config.train):
+            return self._run()
+
+    def _run(self) -> Outcome:
         saved = self._load()
         self._build(saved)
         phases = self.method.phases()
@@ -284,7 +287,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         make_model = ModelMaker(cfg.model.name, self.data.num_classes,
                                 tuple(self.data.input_shape))
-        self.model = method.build_model(make_model, cfg.sparsity.target).to(self.device)
+        self.model = accel.to_device(method.build_model(make_model, cfg.sparsity.target),
+                                     self.device, tuple(self.data.input_shape))
         self.masking = Masking.attach(self.model, cfg.sparsity.layer_policy)
         self.ctx = self._context(saved is not None)
         method.setup(self.ctx)
@@ -293,8 +297,9 @@ class Trainer:
             self.log(f"resuming from phase {saved.phase} epoch {saved.epoch} "
                      f"batch {saved.batch}")
         self.history = list(saved.history) if saved is not None else []
+        # On the device, like the step cost added to it: no host sync per step.
         self.train_flops = torch.tensor(saved.train_flops if saved is not None else 0.0,
-                                        dtype=torch.float64)
+                                        dtype=torch.float64, device=self.device)
         self.step = saved.step if saved is not None else 0
         self.elapsed = saved.wall_time if saved is not None else 0.0
         self.started = time.perf_counter()
@@ -325,13 +330,13 @@ class Trainer:
         self.ctx.resuming = resume is not None
         new_model = self.method.start_phase(index, self.model, self.ctx)
         if new_model is not self.model:
-            self.model = new_model.to(self.device)
+            self.model = accel.to_device(new_model, self.device, tuple(self.data.input_shape))
             self.masking = Masking.attach(self.model, self.config.sparsity.layer_policy)
             self.method.masking = self.masking
             self.ctx.model, self.ctx.masking = self.model, self.masking
-        self.optimizer = make_optimizer(self.model, phase.train)
-        self.scaler = torch.amp.GradScaler(self.device.type) \
-            if phase.train.precision == "fp16" else None
+        self.optimizer = make_optimizer(self.model, phase.train, self.device)
+        precision = accel.resolve_precision(phase.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         if resume is not None:
             self.model.load_state_dict(resume.model)
             self.optimizer.load_state_dict(resume.optimizer)
@@ -339,6 +344,11 @@ class Trainer:
                 self.scaler.load_state_dict(resume.scaler)
             checkpoint.set_rng_state(resume.rng)
         self.cost = StepCost(self.model, self.data.input_shape)
+        # Compiled after the method's setup, the phase start (which may replace the model) and
+        # the step-cost probe (a one-example forward that would be a graph of its own).
+        if id(self.model) not in self._compiled:
+            accel.maybe_compile(self.model, phase.train)
+            self._compiled.add(id(self.model))
 
     def _train_epoch(self, phase: Phase, epoch: int, global_epoch: int,
                      partial: TrainState | None) -> tuple[torch.Tensor, int]:
@@ -372,7 +382,7 @@ class Trainer:
             loss = train_step(model, self.method, self.optimizer, x, y, self.step,
                               scaler=self.scaler, amp=lambda: autocast(train, device),
                               loss_fn=loss_fn)
-            self.train_flops += self.cost.train_flops(len(y)).to(self.train_flops.device)
+            self.train_flops += self.cost.train_flops(len(y))
             loss_sum += loss.double()
             bad |= ~torch.isfinite(loss)
             n_batches += 1

@@ -112,3 +112,47 @@ def test_compiled_model_trains_exactly_and_mask_updates_do_not_recompile():
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no _orig_mod. prefix
     for k, v in eager.state_dict().items():
         assert torch.equal(v, compiled.state_dict()[k]), k
+
+
+def test_cpu_runs_with_gpu_settings_train_exactly_like_plain_fp32(tmp_path, data_root,
+                                                                   monkeypatch):
+    """precision auto, deterministic and compile (with an eager-executing backend: inductor's
+    codegen takes minutes on this CPU) leave a CPU run's weights bit-identical, and a compiled
+    run compiles as often in 6 epochs as in 3: GMP's mask updates (every few steps throughout)
+    never recompile it. (The graphs are: training, evaluation under no_grad, and the counter's
+    one-example probe after training.)"""
+    from dataclasses import replace
+
+    from bench.run import run_one
+    from tests.helpers import assert_identical, final_weights, tiny_config
+
+    compiles: list[int] = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(1)
+        return gm.forward
+
+    real = accel.maybe_compile
+    monkeypatch.setattr(accel, "maybe_compile",
+                        lambda model, train: real(model, train, backend=counting_backend))
+    base = tiny_config("gmp", 0.8, epochs=3, optimizer="sgd", lr=0.05)
+    plain = run_one(base, tmp_path / "plain", data_root)
+    assert plain["precision"] == "fp32"
+    for name, train in (("auto", replace(base.train, precision="auto")),
+                        ("deterministic", replace(base.train, deterministic=True)),
+                        ("compile", replace(base.train, compile=True))):
+        config = replace(base, train=train)
+        torch._dynamo.reset()
+        compiles.clear()
+        result = run_one(config, tmp_path / name, data_root)
+        assert result["precision"] == "fp32", name
+        assert result["top1"] == plain["top1"], name
+        assert_identical(final_weights(tmp_path / name, config),
+                         final_weights(tmp_path / "plain", base))
+    short = len(compiles)
+    assert 1 <= short <= 3
+    longer = replace(base, train=replace(base.train, compile=True, epochs=6))
+    torch._dynamo.reset()
+    compiles.clear()
+    run_one(longer, tmp_path / "longer", data_root)
+    assert len(compiles) == short
