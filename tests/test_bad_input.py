@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.grid import builtin_grids
 
 GRID = textwrap.dedent("""\
     name = "bad"
@@ -246,7 +247,7 @@ def test_subprocess_cases(tmp_path):
     cases = [
         (["run", str(tmp_path), "--root", root],
          f"grid {tmp_path} is a directory; pass a grid TOML file or the name of a built-in "
-         "grid (smoke)"),
+         f"grid ({', '.join(sorted(builtin_grids()))})"),
         (["run", str(latin1), "--root", root],
          f"{latin1}:1: the grid file is not UTF-8 text (byte 0xe9); save it as UTF-8, as TOML "
          "requires"),
