@@ -11,9 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
-from bench import store
+from bench import checkpoint, store
 from bench.config import MethodConfig, to_dict
 from bench.run import run_folder, run_one
 from bench.train import Interrupted
@@ -113,7 +112,7 @@ def test_a_stop_during_calibration_checkpoints_the_trial_and_resumes_exactly(in_
     # The stop reached the first trial (the bracket's upper end) at its fifth step: it
     # checkpointed there; the run itself had not started training.
     (trial,) = (tmp_path / TRIALS).iterdir()
-    state = torch.load(trial / store.CHECKPOINT, weights_only=True)
+    state = checkpoint.load(trial / store.CHECKPOINT)
     assert (state["step"], state["epoch"], state["batch"]) == (5, 0, 5)
     assert not (trial / store.RESULT).exists()
     folder = run_folder(tmp_path, config)
