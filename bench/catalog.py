@@ -130,16 +130,14 @@ def grids() -> dict[str, tuple[str, dict[str, int]]]:
 @cache
 def sparsity_free() -> frozenset[str]:
     """Registered methods whose class sets ``uses_sparsity = False`` (dense): one run per
-    (model, dataset, seed) in a grid."""
-    tree = _tree(METHODS / "__init__.py")
-    imports = _imports(tree)
+    (model, dataset, seed) in a grid. Read from ``methods/registry.py``'s entries, as
+    ``methods()`` reads them."""
+    entries = ast.literal_eval(_registry_node(METHODS / "registry.py", "METHODS"))
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.comprehension) and isinstance(node.iter, ast.Tuple):
-            for e in node.iter.elts:
-                cls, _ = _find_class(imports[e.id], e.id)
-                if _class_attr(cls, "uses_sparsity") is False:
-                    out.add(_class_attr(cls, "name"))
+    for entry in entries.values():
+        cls, _ = _find_class(*entry.split(":"))
+        if _class_attr(cls, "uses_sparsity") is False:
+            out.add(_class_attr(cls, "name"))
     return frozenset(out)
 
 
