@@ -8,9 +8,12 @@ Follows google-research/rigl ``rigl/sparse_optimizers_base.py`` (``SparseRigLOpt
   ``uniform`` on request), as the static baseline draws them.
 * Mask updates on the batches with 0-based index t (batches before this one) where
   begin <= t <= end and t - begin is a multiple of the interval (``is_mask_update_iter``):
-  interval 100 and end 75,000 of the CIFAR run's 97,656 steps, begin 0, as fractions of the
-  run (``schedules.MaskUpdateSchedule``). The ImageNet config (100, 25,000 of 32,000) is the
-  same shape to within 2% of the run.
+  every 100 steps (``update_interval``: the same absolute ΔT in the CIFAR and the ImageNet
+  config), begin 0 and end at 75,000 of the CIFAR run's 97,656 steps as fractions of the run
+  (``schedules.MaskUpdateSchedule``; the ImageNet config's 25,000 of 32,000 is the same end to
+  within 2% of the run). The interval stays absolute on shorter runs: scaling it with the run
+  would make a 1,600-step run update on every other batch, and the no-step rule below would
+  then skip 40% of its gradient steps.
 * Drop fraction f_t = 0.3 decayed by TF's cosine_decay over end - begin on the raw step
   (``drop_fraction_anneal='cosine'``, the paper's setting; ``"constant"`` on request). Per
   layer n_drop = int(float32(n_active) * f_t) (the reference's float32 cast).
@@ -41,10 +44,10 @@ from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.rewiring import DeviceRNG
-from methods.schedules import MaskUpdateSchedule, cosine_drop_fraction
+from methods.schedules import MaskUpdateSchedule, cosine_drop_fraction, scaled
 from methods.selection import drop_and_grow, reset_optimizer_state
 
-RIGL_CIFAR_STEPS = 97656
+RIGL_CIFAR_STEPS = 97656  # the CIFAR config's run length, for end_fraction
 ANNEALS = ("cosine", "constant")
 
 
@@ -55,7 +58,7 @@ class RigLHparams:
     begin_fraction: float = field(default=0.0, metadata=check(ge=0, le=1))
     end_fraction: float = field(default=75000 / RIGL_CIFAR_STEPS,
                                 metadata=check(ge=0, le=1, above="begin_fraction"))
-    interval_fraction: float = field(default=100 / RIGL_CIFAR_STEPS, metadata=check(gt=0, le=1))
+    update_interval: int = field(default=100, metadata=check(ge=1))  # steps between updates
     noise_std: float = field(default=1.0e-5, metadata=check(ge=0))
 
 
@@ -79,8 +82,8 @@ class RigL(MaskedMethod):
         hp = self.hparams
         ctx.masking.init_random(self.density, self.distribution, self.generator)
         total = ctx.steps_per_epoch * ctx.config.train.epochs
-        self.schedule = MaskUpdateSchedule.scaled(hp.begin_fraction, hp.end_fraction,
-                                                  hp.interval_fraction, total)
+        self.schedule = MaskUpdateSchedule(scaled(hp.begin_fraction, total),
+                                           scaled(hp.end_fraction, total), hp.update_interval)
         self.rng = DeviceRNG(self.generator, ctx.device)
 
     def drop_fraction(self, t: int) -> float:

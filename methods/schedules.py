@@ -191,12 +191,6 @@ class MaskUpdateSchedule:
     end: int
     frequency: int
 
-    @classmethod
-    def scaled(cls, begin_fraction: float, end_fraction: float, frequency_fraction: float,
-               total_steps: int) -> MaskUpdateSchedule:
-        return cls(scaled(begin_fraction, total_steps), scaled(end_fraction, total_steps),
-                   max(1, scaled(frequency_fraction, total_steps)))
-
     def is_update(self, global_step: int) -> bool:
         return (self.begin <= global_step <= self.end
                 and (global_step - self.begin) % self.frequency == 0)

@@ -59,9 +59,11 @@ def pytest_list(values):
 
 
 def test_schedule_and_cosine_drop_count():
-    # 1000 steps: interval round(100 / 97656 * 1000) = 1, end round(0.768 * 1000) = 768.
+    # 1000 steps: the interval stays rigl's absolute 100 steps, end round(0.768 * 1000) = 768.
     _, masking, method = tiny_rigl(RigLHparams(), epochs=10, steps_per_epoch=100)
-    assert (method.schedule.begin, method.schedule.end, method.schedule.frequency) == (0, 768, 1)
+    assert (method.schedule.begin, method.schedule.end, method.schedule.frequency) == \
+        (0, 768, 100)
+    assert [t for t in range(1000) if method.schedule.is_update(t)] == list(range(0, 701, 100))
     # At t = 384 (half-way) the cosine gives 0.15: int(float32(6) * 0.15) = 0 of 6 active.
     assert abs(method.drop_fraction(384) - 0.15) < 1e-12
     # Default: ERK of one layer is uniform, 6 of 12 at 50%.
@@ -69,7 +71,7 @@ def test_schedule_and_cosine_drop_count():
 
 
 def test_non_update_steps_mask_the_gradient_and_step():
-    layer, masking, method = tiny_rigl(RigLHparams(interval_fraction=0.5))  # updates t=0, 50
+    layer, masking, method = tiny_rigl(RigLHparams(update_interval=50))  # updates t=0, 50
     layer.weight.grad = torch.ones(3, 4)
     method.after_backward(layer, 2)  # t = 1: not an update
     assert torch.equal(layer.weight.grad, masking.masks[""].float())
