@@ -113,9 +113,8 @@ def test_existing_run_ids_stay_valid():
     pinned = json.loads((Path(__file__).parents[1] / "baselines/pinned/smoke.json").read_text())
     runs = load_grid("smoke").runs
     recipes = {c["recipe"] for c in pinned["cells"]}
-    assert recipes <= {r.run_id for r in runs}
-    # RigL joined the smoke grid after this pin (issue 10); re-pinning adds its cells.
-    assert {r.config.method.name for r in runs if r.run_id not in recipes} <= {"rigl"}
+    # Every smoke run's id is a pinned recipe and vice versa (RigL's cells were pinned with it).
+    assert recipes == {r.run_id for r in runs}
 
 
 def test_show_prints_each_runs_resolved_config(tmp_path, capsys):
