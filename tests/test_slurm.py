@@ -312,7 +312,10 @@ def test_two_launchers_at_once_submit_each_run_once(slurm_cluster, data_cache, t
     assert len(lines) == 3  # dense + static at 0.5 and 0.9, each once
     ids = {json.loads(line)["job_id"] for line in lines}
     assert len(ids) == 3 and ids <= set(queue())
-    firsts = sorted(out.splitlines()[0].split(", ", 1)[1] for out in outs)
+    # The summary line (a launcher that waited for the other's submission lock prints a note
+    # before it).
+    firsts = sorted(next(line for line in out.splitlines() if line.startswith("grid race:"))
+                    .split(", ", 1)[1] for out in outs)
     assert firsts == sorted([f"0 already done, 0 queued or running, 3 to submit under {root}",
                              f"0 already done, 3 queued or running, 0 to submit under {root}"])
     slurm_cluster.cmd("scancel", *[json.loads(line)["job_id"] for line in lines])
