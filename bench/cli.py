@@ -289,16 +289,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = f"  {st.detail}" if st.detail else ""
         log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial", "corrupt") \
             else ""
+        trials = f"  trials: {_trial_counts(st.trials)}" if st.trials else ""
         if args.quiet:
             continue
         print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
-              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{log}")
+              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{trials}{log}")
     # queued/running only when SLURM was asked (or a local run is training now); corrupt when
     # there is one.
     shown = [k for k in STATES if counts[k] or (k not in ("queued", "running", "corrupt")
                                                 if not used_slurm else k != "corrupt")]
     print(", ".join(f"{counts[k]} {k}" for k in shown))
+    trials = {t.folder: t for st in states for t in st.trials}
+    if trials:  # shared by several runs: each counted once
+        print(f"calibration trials: {_trial_counts(list(trials.values()))}")
     return 0
+
+
+def _trial_counts(trials: list) -> str:
+    """'2 done, 1 running' over `trials` (``bench.trial.TrialState``), in TRIAL_STATES order."""
+    from bench.trial import TRIAL_STATES
+
+    return ", ".join(f"{n} {k}" for k in TRIAL_STATES
+                     if (n := sum(t.state == k for t in trials)))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

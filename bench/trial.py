@@ -9,21 +9,26 @@ trained once and read back afterwards: what is already there can save time but n
 answer. A per-trial file lock makes a second asker wait for the process training it, polling
 the run's stop request while it waits. A trial stopped by that request keeps its checkpoint and
 resumes, bit-identically, the next time it is asked for. Trials are not runs of the grid: they
-live outside ``<root>/runs`` and never appear in status or reports.
+live outside ``<root>/runs`` and never appear in reports; ``status`` shows them beside the runs
+that ask for them (``scan_trials``, ``Method.owns_trial``), from the ``config.json`` each trial
+folder gets before it trains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
 import torch
 
-from bench import store
-from bench.config import RunConfig, run_id, run_label, to_dict
+from bench import locks, store
+from bench.checkpoint import folder_run_id
+from bench.config import RunConfig, from_dict, run_id, run_label, to_dict
+from bench.errors import UserError
 from bench.flops import count
 from bench.train import (
     Diverged,
@@ -33,6 +38,7 @@ from bench.train import (
     make_method,
     resolve_hparams,
 )
+from methods import get_method
 from methods.base import Harness, TrialResult
 
 TRIALS = "trials"
@@ -70,6 +76,7 @@ def train_trial(
             log(f"trial {rid}: done before, sparsity {done.sparsity}")
             return done
         log(f"trial {rid}: training in {folder}")
+        store.prepare_folder(folder, to_dict(config))  # config.json: what status reads
         result = _train(config, folder, data_root, should_stop, harness)
         store.atomic_write_json(folder / store.RESULT, {
             "run_id": rid, "config": to_dict(config), "diverged": result.diverged,
@@ -109,6 +116,53 @@ def _train(config: RunConfig, folder: Path, data_root: Path | None,
         except Diverged:
             return TrialResult(rid, True, None)
     return TrialResult(rid, False, count(outcome.model, outcome.data.input_shape).sparsity)
+
+
+TRIAL_STATES = ("done", "running", "partial")
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """A trial folder as ``status`` sees it: its config and whether it is done (a valid
+    outcome), running (a process holds its lock) or partial (neither: the next ask resumes it
+    from its checkpoint, or starts it again)."""
+
+    folder: Path
+    config: RunConfig
+    state: str  # one of TRIAL_STATES
+
+
+def scan_trials(root: Path) -> list[TrialState]:
+    """Every trial under `root` whose config can be read back (``config.json``, or the result's
+    ``config``) and matches its folder's run id, sorted by folder; other folders are skipped."""
+    out = []
+    base = Path(root) / TRIALS
+    for folder in sorted(base.iterdir()) if base.is_dir() else []:
+        config = _read_config(folder)
+        if config is None:
+            continue
+        rid = run_id(config)
+        if read_trial(folder, rid) is not None:
+            state = "done"
+        elif locks.is_held(folder / LOCK):
+            state = "running"
+        else:
+            state = "partial"
+        out.append(TrialState(folder, config, state))
+    return out
+
+
+def _read_config(folder: Path) -> RunConfig | None:
+    for name, key in ((store.CONFIG, None), (store.RESULT, "config")):
+        try:
+            body: Any = store.read_json(folder / name)
+            body = body[key] if key is not None else body
+            config = from_dict(body, get_method(body["method"]["name"]).Hparams)
+        except (OSError, ValueError, KeyError, TypeError, UserError):
+            continue
+        if run_id(config) == folder_run_id(folder / name):
+            return config
+    return None
 
 
 @contextmanager

@@ -204,6 +204,12 @@ class Method:
         """Runs that must finish before this one starts (e.g. the dense run to prune)."""
         return []
 
+    def owns_trial(self, trial: RunConfig) -> bool:
+        """Whether `trial` is one of the trial trainings this run's setup may ask of the harness
+        (``Harness.trial_train``), so ``status`` can show them beside the run. Default False:
+        the method asks for none."""
+        return False
+
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
 

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import RunConfig, check
+from bench.config import RunConfig, check, run_id
 from methods.base import Method, Phase, SetupContext
 from methods.calibration import (
     CALIBRATION_SEED,
@@ -323,6 +323,17 @@ class STR(Method):
                        sparsity=replace(self.config.sparsity, target=0.0),
                        train=replace(self.config.train, weight_decay=0.0),
                        method=replace(self.config.method, hparams=hp))
+
+    def owns_trial(self, trial: RunConfig) -> bool:
+        """A calibration trial of this run: ``trial_config`` at the trial's weight decay (the
+        same config, hence the same run id), with a target to calibrate for and no weight
+        decay given."""
+        hp = trial.method.hparams
+        if (self.hparams.weight_decay is not None or self.target <= 0.0
+                or trial.method.name != self.name or not isinstance(hp, STRHparams)
+                or hp.weight_decay is None):
+            return False
+        return run_id(trial) == run_id(self.trial_config(hp.weight_decay))
 
     def settings(self) -> CalibrationSettings:
         hp = self.hparams

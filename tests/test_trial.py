@@ -27,7 +27,7 @@ def test_a_trial_is_trained_once_and_matches_the_same_run(tmp_path, data_root, m
     assert first == trial.TrialResult(run_id(config), False, result["counts"]["sparsity"])
     folder = trial.trial_folder(tmp_path / "root", config)
     assert folder.parent == tmp_path / "root" / trial.TRIALS
-    assert sorted(p.name for p in folder.iterdir()) == [store.RESULT, trial.LOCK]
+    assert sorted(p.name for p in folder.iterdir()) == [store.CONFIG, store.RESULT, trial.LOCK]
     assert not (tmp_path / "root" / "runs").exists()  # trials are not runs of the grid
 
     def no_training(*_args):

@@ -1,10 +1,11 @@
 """``status``: the state of every run from its folder, its lock, the SLURM manifest and one
-``squeue`` call (only when some run of the selection was submitted and has no result yet); it
-never waits on a job."""
+``squeue`` call (only when some run of the selection was submitted and has no result yet), and
+the trial trainings each run's method asks for (STR's calibration, ``bench.trial``); it never
+waits on a job."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import locks, store
@@ -12,6 +13,8 @@ from bench.failures import retried_by_plain_rerun
 from bench.grid import GridRun
 from bench.launch.slurm import RUNNING_STATES, queue, read_manifest
 from bench.run import run_folder
+from bench.train import make_method
+from bench.trial import TrialState, scan_trials
 
 STATES = ("done", "queued", "running", "failed", "partial", "corrupt", "missing")
 
@@ -24,6 +27,8 @@ class RunStatus:
     job_id: str | None = None
     log: str | None = None  # the log to read first: the job's for a dead job, else the run's
     detail: str = ""
+    # The trial trainings under ROOT/trials this run's method owns (``Method.owns_trial``).
+    trials: list[TrialState] = field(default_factory=list)
 
 
 def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
@@ -34,7 +39,9 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
     States: done / failed (a valid result), corrupt (a result that does not parse or match the
     schema, or a done run whose model.pt is missing or of the wrong size: a rerun retrains it),
     running (a process holds the run's lock, or squeue says so), queued, partial (a checkpoint,
-    nobody training), missing."""
+    nobody training), missing. Each run also lists the trials its method owns: trials are
+    shared (every seed and target of an STR grid cell uses the same ones), so one trial may be
+    listed under several runs."""
     root = Path(root)
     manifest = read_manifest(root)
     entries = {r.run_id: manifest[r.run_id] for r in runs if r.run_id in manifest}
@@ -81,4 +88,8 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
             out.append(RunStatus(run, "partial", folder, None, str(folder / store.LOG)))
         else:
             out.append(RunStatus(run, "missing", folder))
+    trials = scan_trials(root)
+    for st in out if trials else []:
+        method = make_method(st.run.config)
+        st.trials = [t for t in trials if method.owns_trial(t.config)]
     return out, bool(unresolved)
