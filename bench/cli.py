@@ -51,9 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs {args.jobs}: expected a number of runs at once >= 1")
     if args.preflight:
         return _preflight(args, grid, runs)
-    if args.dry_run:
-        return _dry_run(args, grid, runs, root)
     data_root = Path(args.data_root) if args.data_root else None
+    if args.dry_run:
+        return _dry_run(args, grid, runs, root, data_root)
     given = [f for f in (*SLURM_FLAGS, "--sbatch")
              if getattr(args, f.lstrip("-").replace("-", "_"), None)]
     if given and args.executor != "slurm":
@@ -151,16 +151,23 @@ def _no_slurm_flags(args: argparse.Namespace) -> None:
         raise UserError(f"{given[0]} only applies to --executor slurm")
 
 
-def _dry_run(args: argparse.Namespace, grid, runs, root: Path) -> int:
-    """Every run that ``run`` would train (dependencies included), after the checks ``run``
-    makes before training (the [slurm] table and flags for --executor slurm); writes nothing."""
+def _dry_run(args: argparse.Namespace, grid, runs, root: Path, data_root: Path | None) -> int:
+    """Every run that ``run`` would train (dependencies included), after every check ``run``
+    makes before training: the [slurm] table and flags for --executor slurm, the logger
+    packages, the root, and the data and device of every run it would train; writes
+    nothing."""
+    from bench.environment import check_root, check_runs
     from bench.launch import plan, slurm_settings
 
     if args.executor == "slurm":
         slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
     else:
         _no_slurm_flags(args)
+    _epoch_loggers(args)
+    check_root(root, Path(args.out) if args.out else None)
     todo = plan(runs, root, args.retry_failed)
+    # The dependencies plan() added train too, so their data and device are checked as well.
+    check_runs([*runs, *todo.added], data_root, devices=args.executor != "slurm")
     done = {r.run_id for r in todo.done}
     added = {r.run_id for r in todo.added}
     for run in [*todo.done, *todo.order]:
@@ -452,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset root (default $SPARSEBENCH_DATA or "
                      "~/.cache/sparsebench)")
     run.add_argument("--only", help=ONLY_HELP)
-    run.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    run.add_argument("--dry-run", action="store_true", help="check everything run checks (data, "
+                     "devices, root, [slurm]) and list the runs it would train; train nothing")
     run.add_argument("--preflight", action="store_true", help="build every run and time a few "
                      "steps of each distinct recipe (synthetic data of the real shape when the "
                      "dataset is absent); print params, MACs, step time, peak memory and the "

@@ -19,6 +19,7 @@ import torch
 
 from bench.cli import main
 from bench.grid import builtin_grids
+from bench.launch import SLURM_KEYS
 
 GRID = textwrap.dedent("""\
     name = "bad"
@@ -188,6 +189,68 @@ def test_missing_dataset_is_checked_before_anything_starts(tmp_path, capsys, exe
                    f"torchvision.datasets.CIFAR10('{data}', download=True)\" (on a machine with "
                    f"network, then copy cifar-10-batches-py/ here), or point --data-root / "
                    f"SPARSEBENCH_DATA at a folder that holds cifar-10-batches-py/")
+    assert snapshot(tmp_path) == before
+
+
+def cuda7_message() -> str:
+    """What `device = "cuda:7"` is refused with on this machine."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device"
+        return f'train.device = "cuda:7": this machine has no CUDA device ({build}); use ' \
+            'device = "auto" or "cpu"'
+    return (f'train.device = "cuda:7": this machine has {count} CUDA '
+            f"device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})")
+
+
+CIFAR_GRID = GRID.replace('["mnist1d"]', '["cifar10"]').replace('"mnist1d_mlp"', '"resnet8"')
+# (id, grid text, extra args, expected line; "{data}"/"{root}" stand for the data root/root).
+DRY_RUN_CASES = [
+    ("missing-dataset", CIFAR_GRID, [],
+     "cifar10 not found: looked in {data}/cifar-10-batches-py (no such folder); get it with "
+     "python -c \"import torchvision; torchvision.datasets.CIFAR10('{data}', download=True)\" "
+     "(on a machine with network, then copy cifar-10-batches-py/ here), or point --data-root / "
+     "SPARSEBENCH_DATA at a folder that holds cifar-10-batches-py/"),
+    ("missing-dataset-slurm", CIFAR_GRID, ["--executor", "slurm"],
+     "cifar10 not found: looked in {data}/cifar-10-batches-py (no such folder); get it with "
+     "python -c \"import torchvision; torchvision.datasets.CIFAR10('{data}', download=True)\" "
+     "(on a machine with network, then copy cifar-10-batches-py/ here), or point --data-root / "
+     "SPARSEBENCH_DATA at a folder that holds cifar-10-batches-py/"),
+    ("num-samples-mnist1d", GRID.replace("train_subset = 300", "num_samples = 12\n"
+                                         "train_split = 0.05"), [],
+     "mnist1d: num_samples = 12 with train_split = 0.05 leaves an empty train or test set"),
+    ("slurm-table-unknown-key", GRID + "[slurm]\npartion = \"gpu\"\n",
+     ["--executor", "slurm"],
+     f"{{grid}}:{END + 2}: unknown key 'partion' in [slurm]; valid: "
+     f"{', '.join(sorted(SLURM_KEYS))}"),
+    ("slurm-signal-delay", GRID + "[slurm]\ntime = 1\nsignal_delay_s = 90\n",
+     ["--executor", "slurm"],
+     "[slurm] signal_delay_s = 90 must be shorter than the time limit (1 min)"),
+    ("root-is-a-file", GRID, ["--root", "{grid}"],
+     "output root {grid} is a file, not a folder; pass --root DIR or set SPARSEBENCH_ROOT"),
+]
+if not torch.cuda.is_available() or torch.cuda.device_count() < 8:
+    DRY_RUN_CASES.append(("device-cuda7", train('device = "cuda:7"'), [], cuda7_message()))
+
+
+@pytest.mark.parametrize(("text", "args", "expected"), [c[1:] for c in DRY_RUN_CASES],
+                         ids=[c[0] for c in DRY_RUN_CASES])
+def test_dry_run_checks_what_run_checks(tmp_path, capsys, text, args, expected):
+    """--dry-run validates everything run would before training (issue 12): the data and
+    device of every run, the root, the [slurm] table; one line, exit 2, nothing written."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(text)
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(tmp_path)
+    fill = {"grid": grid, "data": data, "root": tmp_path / "root"}
+    args = [a.format(**fill) for a in args]
+    root = [] if "--root" in args else ["--root", str(tmp_path / "root")]
+    code = main(["run", str(grid), *root, "--data-root", str(data), "--dry-run", *args])
+    out, err = capsys.readouterr()
+    assert code == 2
+    check_one_line(err, expected.format(**fill))
+    assert out == ""
     assert snapshot(tmp_path) == before
 
 

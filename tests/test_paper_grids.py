@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import catalog
@@ -37,9 +39,31 @@ def test_every_paper_grid_is_built_in_with_its_run_count():
         assert len({r.run_id for r in grid.runs}) == n, name
 
 
+def placeholder_data(root: Path) -> Path:
+    """Stand-ins for every dataset the paper grids use, enough for the checks made before
+    anything trains (files present, class folders): a dry run checks the data as run does."""
+    from bench.data.cifar import CIFAR10, CIFAR100
+    from bench.data.mnist import FILES, raw_folder
+
+    for variant in (CIFAR10, CIFAR100):
+        (root / variant.folder).mkdir(parents=True)
+        for name in (*variant.train_files, variant.test_file):
+            (root / variant.folder / name).write_bytes(b"x")
+    for folder in ("imagenet/train/n01440764", "imagenet/val/n01440764",
+                   "tiny-imagenet-200/train/n01443537", "tiny-imagenet-200/val/images"):
+        (root / folder).mkdir(parents=True)
+    (root / "tiny-imagenet-200" / "val" / "val_annotations.txt").write_text("")
+    raw_folder(root).mkdir(parents=True)
+    for name in FILES.values():
+        (raw_folder(root) / name).write_bytes(b"x")
+    return root
+
+
 @pytest.mark.parametrize("name", sorted(COUNTS))
 def test_dry_run_lists_each_paper_grid(name, tmp_path, capsys):
-    assert main(["run", name, "--dry-run", "--root", str(tmp_path / "none")]) == 0
+    data = placeholder_data(tmp_path / "data")
+    assert main(["run", name, "--dry-run", "--root", str(tmp_path / "none"), "--data-root",
+                 str(data)]) == 0
     from bench.launch import plan
 
     lines = capsys.readouterr().out.splitlines()
