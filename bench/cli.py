@@ -38,6 +38,7 @@ def ensure_writable(root: Path) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bench.digests import Digests
     from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
     from bench.launch import plan, run_debug, run_local
@@ -66,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _submit_slurm(args, grid, runs, root, data_root)
     ensure_writable(root)
     # Plus the runs they reuse (EigenDamage's dense run) when --only left those out.
-    todo = plan(runs, root, args.retry_failed)
+    digests = Digests(root)
+    todo = plan(runs, root, args.retry_failed, digests)
+    digests.save()
     print(f"grid {grid.name}: {len(runs)} runs{_added(todo.added)}, {len(todo.done)} already "
           f"done, {len(todo.order)} to run under {root}")
     started = time.perf_counter()

@@ -230,10 +230,12 @@ def model_record(path: Path) -> dict[str, Any]:
     return {"file": Path(path).name, "bytes": size, "sha256": digest}
 
 
-def model_problem(folder: Path, result: dict[str, Any], full: bool = True) -> str | None:
+def model_problem(folder: Path, result: dict[str, Any], full: bool = True,
+                  sha256=None) -> str | None:
     """Why a successful run's ``model.pt`` cannot be used, or None. `full` also checks the
-    SHA-256 (reads the file); otherwise presence and size only. Results written before the
-    record existed are checked for presence only."""
+    SHA-256 (reads the file, or asks `sha256(path)`: ``bench.digests.Digests.sha256``);
+    otherwise presence and size only. Results written before the record existed are checked
+    for presence only."""
     if result.get("status") != "ok":
         return None
     record = result.get("model_file")
@@ -245,7 +247,7 @@ def model_problem(folder: Path, result: dict[str, Any], full: bool = True) -> st
     size = path.stat().st_size
     if size != record.get("bytes"):
         return f"{path} is {size} bytes, its result recorded {record.get('bytes')}"
-    if full and file_digest(path)[1] != record.get("sha256"):
+    if full and (sha256(path) if sha256 else file_digest(path)[1]) != record.get("sha256"):
         return f"{path} does not match the SHA-256 its result recorded"
     return None
 

@@ -154,6 +154,15 @@ def test_damaged_results_through_the_cli_never_exit_with_a_traceback(root, tmp_p
 
 # --- model.pt -------------------------------------------------------------------------------
 
+MODEL_MESSAGES = {
+    "truncated": "is 15135 bytes, its result recorded 30271",
+    "bit-flipped": "does not match the SHA-256 its result recorded",
+    "empty": "is 0 bytes, its result recorded 30271",
+    "foreign": "does not match the SHA-256 its result recorded",
+    "wrong type": "is missing",
+}
+
+
 @pytest.mark.parametrize("how", WAYS)
 def test_damaged_model_makes_its_run_not_done(root, pristine, how, capsys):
     _, _, data = pristine
@@ -164,10 +173,13 @@ def test_damaged_model_makes_its_run_not_done(root, pristine, how, capsys):
     with pytest.raises(RuntimeError, match=f"cannot use run {run_id(DONE[0])}'s final model"):
         load_final_model(root, DONE[0])
     states, _ = status([GridRun(DONE[0], "static")], root)
-    # status checks presence and size (cheap); a same-size flip or another run's model of the
-    # same architecture is found where the model is read.
-    expected = "done" if how in ("bit-flipped", "foreign") else "corrupt"
-    assert states[0].state == expected
+    # status verifies size and SHA-256: a same-size flip or another run's model of the same
+    # architecture is not done either.
+    assert states[0].state == "corrupt"
+    assert states[0].detail == f"{victim / MODEL_FILE} {MODEL_MESSAGES[how]}; a rerun trains " \
+        "it again"
+    assert [r.run_id for r in plan([GridRun(DONE[0], "static")], root).order] == \
+        [run_id(DONE[0])]
     capsys.readouterr()
     result = run_one(DONE[0], root, data)
     err = capsys.readouterr().err
@@ -175,6 +187,39 @@ def test_damaged_model_makes_its_run_not_done(root, pristine, how, capsys):
     assert result["status"] == "ok"
     assert_identical(final_weights(root, DONE[0]), before)  # retrained, bit-identical
     assert snapshot(root, victim) == others
+
+
+def test_status_remembers_verified_models_until_they_change(root, capsys):
+    """status hashes each finished model once; later calls reuse the digest while the file's
+    identity (inode, size, mtime, ctime) holds, and a change in place is hashed again."""
+    from bench.digests import CACHE, Digests
+
+    runs = [GridRun(c, "static") for c in DONE]
+    calls = []
+    real = Digests.sha256
+
+    def counting(self, path):
+        before = self.hashed
+        digest = real(self, path)
+        calls.append(self.hashed - before)
+        return digest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Digests, "sha256", counting)
+        assert [s.state for s in status(runs, root)[0]] == ["done", "done"]
+        assert calls == [1, 1] and (root / CACHE).is_file()
+        calls.clear()
+        assert [s.state for s in status(runs, root)[0]] == ["done", "done"]
+        assert calls == [0, 0]  # both from the cache
+        calls.clear()
+        damage(run_folder(root, DONE[1]) / MODEL_FILE, "bit-flipped")
+        assert [s.state for s in status(runs, root)[0]] == ["done", "corrupt"]
+        assert calls == [0, 1]
+    # A damaged cache is only a cache: ignored, and rewritten.
+    (root / CACHE).write_text("{not json")
+    assert [s.state for s in status(runs, root)[0]] == ["done", "corrupt"]
+    assert set(json.loads((root / CACHE).read_text())) == {
+        str((run_folder(root, c) / MODEL_FILE).relative_to(root)) for c in DONE}
 
 
 def test_a_reused_run_with_a_damaged_model_is_planned_again(tmp_path, pristine):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
+from bench.digests import Digests
 from bench.errors import UserError
 from bench.failures import retried_by_plain_rerun
 from bench.grid import GridRun
@@ -26,18 +27,21 @@ def dependencies(run: GridRun) -> list[GridRun]:
     return [GridRun(resolve_hparams(dep), dep.method.name) for dep in method.dependencies()]
 
 
-def is_done(run: GridRun, root: Path, retry_failed: bool = False, reused: bool = False) -> bool:
+def is_done(run: GridRun, root: Path, retry_failed: bool = False, reused: bool = False,
+            digests: Digests | None = None) -> bool:
     """Whether `run` has a valid result that needs no retraining: ok, or failed in training
     (unless `retry_failed`); an error of the environment (bench.failures) is retried by any
-    rerun. A successful run's model.pt must be present at its recorded size; when another run
-    will `reused` it, its SHA-256 is checked too (EigenDamage loads it)."""
+    rerun. A successful run's model.pt must match the size and SHA-256 its result recorded
+    (through `digests`, the root's cache of them, when given). `reused` is kept for callers
+    that name it: every finished model is verified in full now."""
     folder = run_folder(root, run.config)
     result = store.read_result(folder)
     if result is None:
         return False
     if result.get("status") != "ok":
         return not (retry_failed or retried_by_plain_rerun(result))
-    return store.model_problem(folder, result, full=reused) is None
+    return store.model_problem(folder, result, full=True,
+                               sha256=digests.sha256 if digests else None) is None
 
 
 @dataclass
@@ -59,11 +63,14 @@ class Plan:
         return [r for r in self.order if r.run_id not in added]
 
 
-def plan(runs: list[GridRun], root: Path, retry_failed: bool = False) -> Plan:
+def plan(runs: list[GridRun], root: Path, retry_failed: bool = False,
+         digests: Digests | None = None) -> Plan:
     """Plan `runs` under `root`. Order: grid order, except that a run comes after the runs it
     depends on, and a dependency is ranked just before the first run that needs it (so it
-    starts early). Raises UserError on a dependency cycle."""
+    starts early). Finished models are verified through `digests` (default: the root's cache,
+    read but not written). Raises UserError on a dependency cycle."""
     root = Path(root)
+    digests = digests if digests is not None else Digests(root)
     out = Plan(list(runs))
     selected = {r.run_id for r in runs}
     nodes: dict[str, GridRun] = {}
@@ -71,7 +78,7 @@ def plan(runs: list[GridRun], root: Path, retry_failed: bool = False) -> Plan:
     position: dict[str, float] = {}
     queue: list[tuple[GridRun, float]] = []
     for index, run in enumerate(runs):
-        if not is_done(run, root, retry_failed):
+        if not is_done(run, root, retry_failed, digests=digests):
             queue.append((run, float(index)))
         else:
             out.done.append(run)
@@ -83,7 +90,8 @@ def plan(runs: list[GridRun], root: Path, retry_failed: bool = False) -> Plan:
         position[run.run_id] = rank
         graph[run.run_id] = []
         for dep in dependencies(run):
-            if dep.run_id in nodes or not is_done(dep, root, retry_failed, reused=True):
+            if dep.run_id in nodes or not is_done(dep, root, retry_failed, reused=True,
+                                                     digests=digests):
                 graph[run.run_id].append(dep.run_id)
                 queue.append((dep, rank - 1e-3))
     sorter = graphlib.TopologicalSorter(graph)

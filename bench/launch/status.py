@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import locks, store
+from bench.digests import Digests
 from bench.failures import retried_by_plain_rerun
 from bench.grid import GridRun
 from bench.launch.slurm import RUNNING_STATES, queue, read_manifest
@@ -37,7 +38,8 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
     does not matter). Returns the states and whether SLURM was consulted.
 
     States: done / failed (a valid result), corrupt (a result that does not parse or match the
-    schema, or a done run whose model.pt is missing or of the wrong size: a rerun retrains it),
+    schema, or a done run whose model.pt is missing or does not match the size and SHA-256 its
+    result recorded: a rerun retrains it; digests cached in the root, bench.digests),
     running (a process holds the run's lock, or squeue says so), queued, partial (a checkpoint,
     nobody training), missing. Each run also lists the trials its method owns: trials are
     shared (every seed and target of an STR grid cell uses the same ones), so one trial may be
@@ -49,6 +51,7 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
                   if store.read_result(Path(e.get("folder", ""))) is None]
     # Ask squeue before reading results: a job that leaves the queue has written its result.
     live = queue() if unresolved else {}
+    digests = Digests(root)
     out = []
     for run in runs:
         folder = run_folder(root, run.config)
@@ -59,7 +62,7 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
         training = locks.run_is_training(folder)
         if result is not None:
             ok = result.get("status") == "ok"
-            damaged = store.model_problem(folder, result, full=False)
+            damaged = store.model_problem(folder, result, sha256=digests.sha256)
             if damaged and not training:
                 out.append(RunStatus(run, "corrupt", folder, job_id, str(folder / store.LOG),
                                      f"{damaged}; a rerun trains it again"))
@@ -92,4 +95,5 @@ def status(runs: list[GridRun], root: Path) -> tuple[list[RunStatus], bool]:
     for st in out if trials else []:
         method = make_method(st.run.config)
         st.trials = [t for t in trials if method.owns_trial(t.config)]
+    digests.save()
     return out, bool(unresolved)
