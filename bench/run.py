@@ -8,7 +8,6 @@ so a run that has a result always has its model for methods that reuse it.
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import time
@@ -80,7 +79,7 @@ def _logger(folder: Path) -> Callable[[str], None]:
 
 def _write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
     store.atomic_write_text(folder / store.METRICS,
-                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+                            store.metrics_lines(folder.name.rsplit("-", 1)[-1], history))
 
 
 def achieved_counts(config: RunConfig, final: ModelCounts, input_shape, num_classes) -> dict:

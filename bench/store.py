@@ -275,7 +275,8 @@ def usable_result(folder: Path) -> dict[str, Any] | None:
 def prepare_folder(folder: Path, config: dict[str, Any]) -> None:
     """Before training: ``config.json`` holds `config` (written when missing; a damaged or
     foreign one is set aside and rewritten) and ``metrics.jsonl``, rewritten from the
-    checkpoint's history at the next epoch, is set aside when it does not parse."""
+    checkpoint's history at the next epoch, is set aside when it is damaged or another run's
+    (``inspect_metrics``)."""
     path = Path(folder) / CONFIG
     if path.exists() or path.is_symlink():
         try:
@@ -287,16 +288,60 @@ def prepare_folder(folder: Path, config: dict[str, Any]) -> None:
             set_aside(path, f"{why}; rewritten")
     if not path.exists():
         atomic_write_json(path, config)
-    metrics = Path(folder) / METRICS
-    if metrics.exists() or metrics.is_symlink():
+    _, problem = inspect_metrics(folder)
+    if problem:
+        set_aside(Path(folder) / METRICS, f"{problem}; rewritten at the next epoch")
+
+
+def metrics_lines(run_id: str, history: list[dict[str, Any]]) -> str:
+    """``metrics.jsonl``'s text: one JSON object per finished epoch, each tagged with the run
+    id (``run_id``), so a file copied from another run's folder is recognised."""
+    return "".join(json.dumps({**record, "run_id": run_id}, sort_keys=True) + "\n"
+                   for record in history)
+
+
+def inspect_metrics(folder: Path, history: list[dict[str, Any]] | None = None
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+    """(records, None) for the run's own ``metrics.jsonl`` (its epoch records, without the
+    ``run_id`` tag); ([], why) for a damaged or foreign one; ([], None) when there is none.
+
+    The file is rewritten whole after each epoch (``metrics_lines``, atomically), so it is
+    never empty, every line is an epoch record (a JSON object with an integer ``epoch``,
+    increasing), and every line carries the folder's run id (lines written before the tag
+    existed carry none and pass that check). `history`, the run's result's, when given must
+    equal the records: that catches a damaged value that still parses, and a foreign untagged
+    file."""
+    path = Path(folder) / METRICS
+    if not path.exists() and not path.is_symlink():
+        return [], None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        return [], "is a directory, not a file"
+    except OSError as exc:
+        return [], f"cannot be read ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return [], "is not UTF-8 text"
+    if not text.strip():
+        return [], "is empty"
+    owner = Path(folder).name.rsplit("-", 1)[-1]
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
         try:
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-            # Written after each epoch from the whole history: never empty, one record a line.
-            ok = bool(rows) and all(isinstance(r, dict) for r in rows)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            ok = False
-        if not ok:
-            set_aside(metrics, "does not parse as JSON lines; rewritten at the next epoch")
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return [], f"line {number} is not valid JSON"
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or (
+                records and record["epoch"] <= records[-1]["epoch"]):
+            return [], f"line {number} is not the record of the next epoch"
+        tag = record.pop("run_id", None)
+        if tag is not None and RUN_ID.fullmatch(owner) and tag != owner:
+            return [], f"belongs to run {tag}, not to run {owner} (copied here?)"
+        records.append(record)
+    if history is not None and json.dumps(records, sort_keys=True) != json.dumps(
+            history, sort_keys=True, default=_json_default):
+        return [], "does not match the history its run's result recorded"
+    return records, None
 
 
 def iter_results(root: Path):

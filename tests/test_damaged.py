@@ -281,9 +281,10 @@ def test_damaged_config_or_metrics_are_set_aside_and_rewritten(root, pristine, n
     result = run_one(PARTIAL, root, data)
     err = capsys.readouterr().err
     if name == store.METRICS and how == "foreign":
-        # Another run's metrics parse; they are replaced from the checkpoint's history at the
-        # next epoch (below), so they are never read.
-        assert err == ""
+        # Another run's metrics parse, but each line carries that run's id.
+        assert (f"{victim / name}: belongs to run {run_id(OTHER_PARTIAL)}, not to run "
+                f"{run_id(PARTIAL)} (copied here?); rewritten at the next epoch; set aside as "
+                f"{name}.corrupt") in err
     else:
         assert f"{victim / name}: " in err and f"set aside as {name}.corrupt" in err
     assert result["status"] == "ok"
@@ -291,6 +292,66 @@ def test_damaged_config_or_metrics_are_set_aside_and_rewritten(root, pristine, n
     assert_identical(final_weights(root, PARTIAL), final_weights(reference, PARTIAL))
     assert (victim / name).read_bytes() == (run_folder(reference, PARTIAL) / name).read_bytes()
     assert snapshot(root, victim) == others
+
+
+def _edit_value(path: Path, foreign: Path) -> None:
+    """A damaged value that still parses: the first digit of top1 changed."""
+    text = path.read_text()
+    at = text.index('"top1": ') + len('"top1": ')
+    path.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:])
+
+
+def _untagged_copy(path: Path, foreign: Path) -> None:
+    """Another run's metrics without run ids (as written before lines carried them)."""
+    lines = [json.loads(line) for line in foreign.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "run_id"}) + "\n"
+                            for r in lines))
+
+
+METRICS_MESSAGES = {
+    "truncated": "line 1 is not valid JSON",
+    "bit-flipped": "line 1 is not valid JSON",
+    "empty": "is empty",
+    "foreign": f"belongs to run {run_id(DONE[1])}, not to run {run_id(DONE[0])} (copied here?)",
+    "wrong type": "is a directory, not a file",
+    "edited value": "does not match the history its run's result recorded",
+    "untagged foreign": "does not match the history its run's result recorded",
+}
+
+
+@pytest.mark.parametrize("how", list(METRICS_MESSAGES))
+def test_damaged_metrics_of_a_finished_run_draw_no_curve(root, how, capsys):
+    """The report's curves read metrics.jsonl: a damaged or foreign one (even one that parses)
+    is set aside with a warning and draws no curve, so no run shows another run's numbers."""
+    from bench.report import read_metrics
+
+    victim = run_folder(root, DONE[0])
+    path = victim / store.METRICS
+    history = json.loads((victim / store.RESULT).read_text())["history"]
+    assert read_metrics(victim) == history and len(history) == 1
+    assert json.loads(path.read_text())["run_id"] == run_id(DONE[0])  # each line is tagged
+    others = snapshot(root, victim)
+    foreign = run_folder(root, DONE[1]) / store.METRICS
+    {"edited value": _edit_value, "untagged foreign": _untagged_copy}.get(
+        how, lambda p, f: damage(p, how, foreign=f))(path, foreign)
+    capsys.readouterr()
+    assert read_metrics(victim) == []
+    assert capsys.readouterr().err == (
+        f"sparsebench: warning: {path}: {METRICS_MESSAGES[how]}; its curve is left out; set "
+        "aside as metrics.jsonl.corrupt\n")
+    assert (victim / "metrics.jsonl.corrupt").exists() and not path.exists()
+    assert read_metrics(victim) == [] and capsys.readouterr().err == ""
+    assert snapshot(root, victim) == others
+
+
+def test_report_with_a_foreign_metrics_file_warns_once_and_goes_on(root, tmp_path, capsys):
+    shutil.copyfile(run_folder(root, DONE[1]) / store.METRICS,
+                    run_folder(root, DONE[0]) / store.METRICS)
+    assert main(["report", "--root", str(root), "--out", str(tmp_path / "rep"), "-q"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"sparsebench: warning: {run_folder(root, DONE[0]) / store.METRICS}: "
+                   f"{METRICS_MESSAGES['foreign']}; its curve is left out; set aside as "
+                   "metrics.jsonl.corrupt"]
 
 
 # --- the data cache ---------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def built(tmp_path_factory):
         if status == "ok":
             body["top1"] = top1
             body["train_flops"] = 1e9 * (1.0 - target)
+            body["history"] = _history(top1, seed)  # as a real run's: what metrics.jsonl holds
         _write(root, body)
         folder = store.run_dir(root, body["run_id"].replace(".", "p"), "x")
         store.atomic_write_json(folder / store.CONFIG, body["config"])

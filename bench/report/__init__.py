@@ -25,7 +25,6 @@ failure never leaves a half-written report (an existing one stays as it was).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -187,19 +186,26 @@ def _curve_plots(mine, sub, folder, title, style) -> list[tuple[float, list[Path
 
 
 def read_metrics(folder: Path) -> list[dict]:
-    """The per-epoch records of a run's metrics.jsonl ([] when absent); a line that does not
-    parse (a file cut short) ends the curve there."""
-    path = folder / store.METRICS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break
-        if isinstance(record, dict) and "epoch" in record:
-            records.append(record)
+    """The per-epoch records of a finished run's metrics.jsonl ([] when absent). One that is
+    damaged, another run's, or not the history the run's result recorded
+    (``store.inspect_metrics``) draws no curve: it is set aside with a warning naming it
+    (only skipped while a process trains the run: that one rewrites it)."""
+    from bench import locks
+
+    result = store.read_result(folder)
+    history = result.get("history") if result else None
+    records, problem = store.inspect_metrics(
+        folder, history if isinstance(history, list) else None)
+    if problem:
+        path = folder / store.METRICS
+        # A run in training rewrites it at its next epoch; a root we may only read keeps it.
+        if not locks.run_is_training(folder):
+            try:
+                store.set_aside(path, f"{problem}; its curve is left out")
+                return records
+            except OSError:
+                pass
+        store.warn(f"{path} {problem}: its curve is left out")
     return records
 
 
