@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 
@@ -153,3 +154,67 @@ def grid_runs(name: str) -> int:
     return sum(per_target * (1 if tables.get(entry, {}).get("method", entry) in free
                              else len(axes["sparsities"])) for entry in axes["methods"])
 
+
+
+GROUPS = {"methods": "sparsebench.methods", "models": "sparsebench.models",
+          "datasets": "sparsebench.datasets"}
+
+
+def _module_source(module: str) -> Path | None:
+    """The source file of `module` found on sys.path without importing it (or any parent
+    package, as ``importlib.util.find_spec`` would)."""
+    parts = module.split(".")
+    for entry in sys.path:
+        base = Path(entry or ".").joinpath(*parts)
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _plugin_description(value: str) -> str:
+    """The first docstring line of the class (a method), or the ``description`` argument of
+    the ``ModelSpec(...)`` / ``DatasetSpec(...)`` assigned to the name (a model or a dataset),
+    that entry point `value` ("module:attr") names, read statically; "" when not found."""
+    module, _, attr = value.partition(":")
+    source = _module_source(module.strip())
+    if source is None or not attr:
+        return ""
+    try:
+        tree = _tree(source)
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return ""
+    name = attr.strip().split(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return _first_line(ast.get_docstring(node))
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == name and isinstance(
+                getattr(node, "value", None), ast.Call):
+            call = node.value
+            described = (call.args[2] if len(call.args) > 2 else
+                         next((k.value for k in call.keywords if k.arg == "description"), None))
+            if isinstance(described, ast.Constant) and isinstance(described.value, str):
+                return described.value
+    return ""
+
+
+def plugins(what: str, builtin: Collection[str]) -> dict[str, str]:
+    """Entry points of the group for `what` ("methods", "models", "datasets") that installed
+    distributions register (bench.plugins loads them; here they are only read, from their
+    metadata and source, without importing the plugin or torch): name -> description and the
+    distribution it comes from. A name a built-in already has is listed as ignored (the
+    built-in wins, as in bench.plugins.discover)."""
+    from importlib.metadata import entry_points
+
+    out = {}
+    for ep in entry_points(group=GROUPS[what]):
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
+        if ep.name in builtin:
+            out[ep.name] = f"[from {source}: ignored, the built-in {ep.name} is used]"
+            continue
+        description = _plugin_description(ep.value) or ep.value
+        out[ep.name] = f"{description} [from {source}]"
+    return dict(sorted(out.items()))

@@ -409,7 +409,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     listing = {"methods": catalog.methods, "models": catalog.models,
                "datasets": catalog.datasets}[args.what]()
     width = 20 if args.what == "models" else 14
-    for name, text in listing.items():
+    # Then what other installed packages register through entry points (bench.plugins).
+    for name, text in [*listing.items(), *catalog.plugins(args.what, listing).items()]:
         print(f"{name:{width}s} {text}")
     if args.what == "models":
         print(f"{'tv:NAME':20s} any torchvision classification model, e.g. tv:resnet18 "
