@@ -42,13 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import MethodConfig, RunConfig, TrainConfig, check, run_id
+from bench.config import RunConfig, TrainConfig, check, run_id
 from bench.errors import UserError
 from methods.base import Method, Phase, SetupContext
+from methods.dense_start import dense_config, finished_dense_run, load_dense_weights
 from methods.eigendamage.kfac import FISHER_TYPES
 from methods.eigendamage.pruner import eligible_slots, prune_round, slot_params, slot_weights
 from methods.eigendamage.rebuild import empty_bottleneck, replace_module
-from methods.masking import MASK_BUFFER
 
 MODES = ("one_pass", "iterative")
 BUDGET_SCOPES = ("prunable", "total")
@@ -92,14 +92,6 @@ class EigenDamageHparams:
                 raise UserError(f"eigendamage {key} must lie in [0, 1)")
 
 
-def dense_config(config: RunConfig) -> RunConfig:
-    """The dense run this one starts from: same model, data, recipe and seed. The sparsity
-    section keeps its layer policy and distribution (a grid's dense run carries the grid's common
-    [sparsity] table) with the target set to 0, as the grid does for methods that ignore it."""
-    return replace(config, method=MethodConfig("dense"),
-                   sparsity=replace(config.sparsity, target=0.0))
-
-
 def finetune_train(train: TrainConfig, hp: EigenDamageHparams) -> TrainConfig:
     epochs = hp.finetune_epochs or max(1, round(0.75 * train.epochs))
     milestones = tuple(int(epochs * f) for f in hp.lr_drops)
@@ -107,17 +99,6 @@ def finetune_train(train: TrainConfig, hp: EigenDamageHparams) -> TrainConfig:
                    momentum=hp.finetune_momentum, nesterov=False,
                    weight_decay=hp.finetune_weight_decay, lr_schedule="step",
                    milestones=milestones, gamma=hp.lr_gamma)
-
-
-def load_dense_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load the dense run's weights; masks are left out because the two runs' layer policies
-    may attach them to different layers (a dense run's masks are all ones anyway)."""
-    weights = {k: v for k, v in state.items() if not k.endswith(MASK_BUFFER)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.endswith(MASK_BUFFER)]
-    if missing or unexpected:
-        raise ValueError(f"dense weights do not fit the model: missing {missing}, "
-                         f"unexpected {unexpected}")
 
 
 @torch.no_grad()
@@ -156,10 +137,7 @@ class EigenDamage(Method):
         return [dense_config(self.config)]
 
     def _dense_state(self, ctx: SetupContext) -> dict[str, torch.Tensor]:
-        if ctx.harness is None:
-            raise RuntimeError("eigendamage starts from its finished dense run: it needs the "
-                               "harness (ctx.harness) to find it")
-        dense = ctx.harness.finished_model(dense_config(self.config))
+        dense = finished_dense_run(ctx, self.config, self.name)
         self.dense_train_flops = dense.train_flops
         return dense.weights
 
