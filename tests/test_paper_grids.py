@@ -83,8 +83,8 @@ def test_list_grids_shows_run_counts(capsys):
     assert counts == {**COUNTS, "smoke": 49}  # 12 methods x 4 targets + dense once
     width = max(map(len, counts))
     assert lines[0] == f"{'dsr_resnet50':{width}s}   13 runs  DSR ICML 2019 Tab. 2: ResNet-50 / " \
-        "ImageNet, 80/90%: dense, thin dense, static, DeepR, SET, DSR, GMP  (1 models x " \
-        "1 datasets x 7 methods x 2 sparsities x 1 seeds)"
+        "ImageNet, 80/90%: dense, thin dense, static, DeepR, SET, DSR, GMP from dense  " \
+        "(1 models x 1 datasets x 7 methods x 2 sparsities x 1 seeds)"
     # list reads the grids statically (bench.catalog); its count is the expansion's
     for name in counts:
         assert catalog.grid_runs(name) == len(load_grid(name).runs), name
@@ -114,6 +114,32 @@ def test_dsr_trains_thin_dense_and_static_twice_as_long():
     assert {c.sparsity.layer_policy for c in runs_of("dsr_wrn28_2", "dsr")} == \
         {"dense_first_last"}
     assert {c.method.hparams.variant for c in runs_of("dsr_resnet50", "set")} == {"dsr"}
+
+
+def test_dsr_compressed_sparse_prunes_the_grids_dense_run_on_dsrs_schedule():
+    from methods.schedules import PruningSchedule
+
+    # Steps per epoch: CIFAR-10 50,000 / 100; ImageNet ceil(1,281,167 / 256).
+    for name, spe, lr, gamma in (("dsr_wrn28_2", 500, 0.02, 0.2),
+                                 ("dsr_resnet50", 5005, 0.01, 0.1)):
+        grid = load_grid(name)
+        dense = {r.run_id for r in grid.runs if r.entry == "dense"}
+        for c in runs_of(name, "gmp"):
+            method = get_method("gmp")(c, c.method.hparams)
+            (dep,) = method.dependencies()
+            assert run_id(dep) in dense, name
+            (phase,) = method.phases()
+            t = phase.train
+            assert (phase.name, t.epochs, t.lr, t.lr_schedule, t.milestones, t.gamma) == \
+                ("prune+finetune", 49, lr, "step", (26, 36), gamma), name
+            assert (t.weight_decay, t.nesterov, t.batch_size) == \
+                (c.train.weight_decay, True, c.train.batch_size)
+            hp = c.method.hparams
+            schedule = PruningSchedule.scaled(hp.begin_fraction, hp.end_fraction,
+                                              hp.frequency_fraction, 49 * spe)
+            # 20 prunes, after epochs 2, 4, ..., 40; cubic from 0 to the target.
+            assert schedule.points() == [2 * k * spe for k in range(1, 21)], name
+            assert (hp.initial_sparsity, hp.exponent) == (0.0, 3)
 
 
 def test_str_takes_lambda_and_s_init_per_target_and_calibrates_the_others():
@@ -163,7 +189,7 @@ def test_published_numbers_validate_and_sit_beside_a_paper_grid():
              for name in COUNTS for r in load_grid(name).runs for c in [r.config]}
     for e in entries:
         assert (e.model, e.dataset, e.method) in cells, e
-    mobilenet = [e for e in entries if e.model == "mobilenet_v1"]
+    mobilenet = [e for e in entries if e.model == "mobilenet_v1" and e.method == "str"]
     assert [(e.sparsity, e.top1, e.row.split(",")[1].strip()) for e in mobilenet] == \
         [(0.7528, 68.35, "No. 1: 1.04M params"), (0.8901, 62.10, "No. 2: 0.46M params")]
 
