@@ -241,11 +241,16 @@ def test_real_baselines_file_validates_and_holds_only_verified_numbers():
                  if e.model == "mobilenet_v1"}
     assert mobilenet == {  # RAIVNLab/STR README MobileNetV1 table (cc74d38 and 2656d79 agree)
         ("str", 0.7528): (68.35, 1.04e6, 101e6), ("str", 0.8901): (62.10, 0.46e6, 42e6),
+        # Fully Dense Models row at cc74d38 (70.60 before f218120 released the dense model)
+        ("dense", 0.0): (71.95, 4.21e6, 569e6),
     }
     assert len(entries) == len(dsr) + len(strs) + len(mobilenet)
     assert all(e.source.verified and e.source.table and e.source.paper for e in entries)
     protocols = {e.method: e.protocol for e in entries if e.source.key == "dsr-icml2019"}
     assert "2x the epochs" in protocols["thin_dense"] and "2x the epochs" in protocols["static"]
+    # DSR's ResNet-50 compressed-sparse jobs prune a constant fraction, not on the cubic.
+    assert "do not pass --cubic-prune-schedule" in protocols["gmp"]
+    assert "cubic-schedule" not in protocols["gmp"]
 
 
 def test_missing_default_file_means_none_but_a_named_file_must_exist(tmp_path, monkeypatch):
