@@ -16,6 +16,10 @@ and stay zero, so the mask only shrinks. Defaults are RigL's CIFAR setting
 steps, ``threshold_decay=0``) expressed as fractions of the run's total steps, so that the same
 schedule shape applies to a 20-epoch MNIST-1D run and a 250-epoch CIFAR run.
 
+``decay = "geometric"`` moves the density geometrically instead (``schedules.
+geometric_sparsity``: every update removes the same fraction of the weights left), as DSR's
+ResNet-50 compressed-sparse jobs do.
+
 Deviation, on purpose: the TF library finds the threshold from a 256-bin histogram of |W|; we
 take an exact per-layer top-k, so every update hits its nonzero count exactly.
 
@@ -47,10 +51,11 @@ from bench.errors import UserError
 from methods.base import MaskedMethod, Phase, SetupContext
 from methods.dense_start import dense_config, finished_dense_run, load_dense_weights
 from methods.masking import kept_count, layer_densities
-from methods.schedules import PruningSchedule, cubic_sparsity
+from methods.schedules import PruningSchedule, cubic_sparsity, geometric_sparsity
 from methods.selection import top_k
 
 RIGL_CIFAR_STEPS = 97656
+DECAYS = ("polynomial", "geometric")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class GMPHparams:
                                       metadata=check(gt=0, le=1))
     initial_sparsity: float = field(default=0.0, metadata=check(ge=0, lt=1))
     exponent: int = field(default=3, metadata=check(ge=1))
+    # How the sparsity moves between updates: Zhu & Gupta's polynomial (power `exponent`), or
+    # "geometric" (each update removes the same fraction of what is left; DSR's ResNet-50).
+    decay: str = field(default="polynomial", metadata=check(choices=DECAYS))
     # Start from the finished dense run (DSR's "compressed sparse"); off: train from scratch.
     from_dense: bool = False
     # The pruning phase's recipe when starting from dense: its epochs (0 = the run's recipe
@@ -137,8 +145,12 @@ class GMP(MaskedMethod):
         assert masking is not None
         for name, weight in masking.weights().items():
             s_final = 1.0 - self.final_densities[name]
-            s_t = cubic_sparsity(step, self.schedule.begin, self.schedule.end,
-                                 hp.initial_sparsity, s_final, hp.exponent)
+            if hp.decay == "geometric":
+                s_t = geometric_sparsity(step, self.schedule.begin, self.schedule.end,
+                                         hp.initial_sparsity, s_final)
+            else:
+                s_t = cubic_sparsity(step, self.schedule.begin, self.schedule.end,
+                                     hp.initial_sparsity, s_final, hp.exponent)
             n_keep = kept_count(weight.numel(), 1.0 - s_t)
             current = masking.masks[name]
             if n_keep >= int(current.sum()):

@@ -45,6 +45,17 @@ def cubic_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float, expo
     return s_f + (s_i - s_f) * (1.0 - p) ** exponent
 
 
+def geometric_sparsity(step: int, begin: int, end: int, s_i: float, s_f: float) -> float:
+    """Constant-fraction pruning: the density moves geometrically from 1 - s_i to 1 - s_f,
+    1 - (1 - s_i)^(1 - p) (1 - s_f)^p with ``cubic_sparsity``'s p, so every update removes the
+    same fraction of the weights still there. DSR's ResNet-50 "compressed sparse" jobs prune
+    this way (IntelAI/dynamic-reparameterization ``main.py`` without
+    ``--cubic-prune-schedule``: each of n prunes removes 1 - (1 - s)^(1/n) of the remaining
+    weights, so the density after prune k is (1 - s)^(k/n))."""
+    p = 1.0 if step >= end else min(max((step - begin) / (end - begin), 0.0), 1.0)
+    return 1.0 - (1.0 - s_i) ** (1.0 - p) * (1.0 - s_f) ** p
+
+
 @dataclass(frozen=True)
 class PruningSchedule:
     """GMP's update steps in a run of ``total_steps``.

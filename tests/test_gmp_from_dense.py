@@ -54,6 +54,7 @@ def reference(tmp_path_factory, data_root):
 
 
 def test_the_default_is_a_no_op_that_keeps_run_ids():
+    assert GMPHparams().decay == "polynomial" and GMPHparams().from_dense is False
     # Pinned before from_dense existed (the same ids on main at 992694d).
     assert run_id(resolve_hparams(tiny_config("gmp", 0.8))) == "08f6e1716ab2"
     smoke = [r.run_id for r in load_grid("smoke").runs if r.config.method.name == "gmp"]
@@ -131,6 +132,23 @@ def test_prunes_on_the_exact_schedule_of_its_phase(reference):
     assert result["method_summary"] == {"dense_run_id": run_id(dense_config(config)),
                                         "dense_train_flops": dense_result["train_flops"]}
     assert dense_result["train_flops"] > 0
+
+
+def test_geometric_decay_removes_the_same_fraction_at_every_update(reference, data_root):
+    config, root, _ = reference
+    hp = replace(config.method.hparams, decay="geometric")
+    geometric = replace(config, method=MethodConfig("gmp", hp))
+    assert run_id(geometric) != run_id(config)
+    result = run_one(geometric, root, data_root)  # the reference's dense run is reused
+    assert result["status"] == "ok", result.get("error")
+    sizes = [m.numel() for m in _masks(final_weights(root, geometric)).values()]
+    # DSR's ResNet-50 prunes: density (1 - 0.8)^(k/3) after update k of 3.
+    expected = []
+    for k in (1, 2, 3, 3):
+        s_k = 1 - (1 - TARGET) ** (k / 3)
+        expected.append(sum(n - math.floor(s_k * n + 1e-9) for n in sizes) / sum(sizes))
+    assert [h["density"] for h in result["history"]] == pytest.approx(expected, abs=1e-12)
+    assert expected[0] == pytest.approx(0.2 ** (1 / 3), abs=1e-3)  # 0.585 kept, cubic: 0.437
 
 
 def test_resumes_bit_identically(reference, tmp_path, data_root):

@@ -120,8 +120,9 @@ def test_dsr_compressed_sparse_prunes_the_grids_dense_run_on_dsrs_schedule():
     from methods.schedules import PruningSchedule
 
     # Steps per epoch: CIFAR-10 50,000 / 100; ImageNet ceil(1,281,167 / 256).
-    for name, spe, lr, gamma in (("dsr_wrn28_2", 500, 0.02, 0.2),
-                                 ("dsr_resnet50", 5005, 0.01, 0.1)):
+    # WRN's prune jobs pass --cubic-prune-schedule, ResNet-50's do not (constant fraction).
+    for name, spe, lr, gamma, decay in (("dsr_wrn28_2", 500, 0.02, 0.2, "polynomial"),
+                                        ("dsr_resnet50", 5005, 0.01, 0.1, "geometric")):
         grid = load_grid(name)
         dense = {r.run_id for r in grid.runs if r.entry == "dense"}
         for c in runs_of(name, "gmp"):
@@ -137,9 +138,9 @@ def test_dsr_compressed_sparse_prunes_the_grids_dense_run_on_dsrs_schedule():
             hp = c.method.hparams
             schedule = PruningSchedule.scaled(hp.begin_fraction, hp.end_fraction,
                                               hp.frequency_fraction, 49 * spe)
-            # 20 prunes, after epochs 2, 4, ..., 40; cubic from 0 to the target.
+            # 20 prunes, after epochs 2, 4, ..., 40, from 0 to the target.
             assert schedule.points() == [2 * k * spe for k in range(1, 21)], name
-            assert (hp.initial_sparsity, hp.exponent) == (0.0, 3)
+            assert (hp.initial_sparsity, hp.exponent, hp.decay) == (0.0, 3, decay), name
 
 
 def test_str_takes_lambda_and_s_init_per_target_and_calibrates_the_others():

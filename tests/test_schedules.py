@@ -12,6 +12,7 @@ from methods.schedules import (
     PruningSchedule,
     cosine_drop_fraction,
     cubic_sparsity,
+    geometric_sparsity,
 )
 from methods.set_method import SETHparams
 
@@ -41,6 +42,18 @@ def test_cubic_is_zhu_and_gupta():
     assert cubic_sparsity(150, 100, 200, 0.0, 0.8, 3) == pytest.approx(0.8 * (1 - 0.5**3))
     assert cubic_sparsity(50, 100, 200, 0.0, 0.8, 3) == 0.0
     assert cubic_sparsity(100, 100, 100, 0.0, 0.8, 3) == 0.8  # begin == end: jump at begin
+
+
+def test_geometric_sparsity_keeps_a_constant_fraction_per_update():
+    # DSR's ResNet-50 prunes, n = 20 at s = 0.9: density 0.1^(k/20) after prune k.
+    for k in (0, 1, 10, 20):
+        assert geometric_sparsity(k, 0, 20, 0.0, 0.9) == pytest.approx(1 - 0.1 ** (k / 20))
+    # Each update keeps the same fraction, 0.1^(1/20) = 0.891, of what was left.
+    kept = [1 - geometric_sparsity(k, 0, 20, 0.0, 0.9) for k in range(21)]
+    ratios = {round(kept[k + 1] / kept[k], 12) for k in range(20)}
+    assert ratios == {round(0.1 ** 0.05, 12)}
+    assert geometric_sparsity(25, 0, 20, 0.0, 0.9) == pytest.approx(0.9)  # held after end
+    assert geometric_sparsity(-5, 0, 20, 0.5, 0.9) == pytest.approx(0.5)  # s_i before begin
 
 
 def test_rigl_cosine_drop_fraction_is_tf_cosine_decay_on_the_raw_step():
