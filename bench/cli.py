@@ -218,10 +218,11 @@ def _target_warnings(runs, root: Path) -> None:
 
 
 def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False,
-            run_ids: set[str] | None = None, scope: str = "") -> None:
+            run_ids: set[str] | None = None, scope: str = "",
+            grid_ids: set[str] | None = None) -> None:
     from bench.report import write_report
 
-    paths = write_report(root, out, published, run_ids, scope)
+    paths = write_report(root, out, published, run_ids, scope, grid_ids)
     print(f"report: {out} ({len(paths)} files; open {out / 'index.html'})")
     if quiet:
         return
@@ -328,19 +329,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (root / "runs").exists():
         raise UserError(f"no runs under {root}: run a grid first or pass --root DIR")
     out = Path(args.out) if args.out else root / "report"
-    run_ids, scope = None, ""
+    run_ids, scope, grid_ids = None, "", None
     if args.grid:
         from bench.grid import load_grid, parse_only, select
 
         grid = load_grid(args.grid)
         run_ids = {r.run_id for r in select(grid, parse_only(args.only))}
+        grid_ids = {r.run_id for r in select(grid, {})}
         scope = f"grid {grid.name}" + (f" --only {args.only}" if args.only else "")
     elif args.only:
         raise UserError("--only filters a grid's runs: sparsebench report GRID --only "
                         "key=value,...")
     ensure_writable(out)
     _report(root, out, Path(args.published) if args.published else None, quiet=args.quiet,
-            run_ids=run_ids, scope=scope)
+            run_ids=run_ids, scope=scope, grid_ids=grid_ids)
     return 0
 
 

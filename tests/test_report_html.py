@@ -165,9 +165,11 @@ def test_accuracy_csv_is_numeric(built):
     _, out, _ = built
     table = pd.read_csv(out / f"{MODEL}-{DATA}" / "accuracy.csv")
     assert table.columns.tolist() == ["method", "target_sparsity", "source", "n", "n_failed",
-                                      "top1_mean", "top1_std", "top1_min", "top1_max"]
+                                      "top1_mean", "top1_std", "top1_min", "top1_max",
+                                      "achieved_sparsity", "missed_target", "at_chance",
+                                      "calibration_unconverged", "recipe_split"]
     for col in ("target_sparsity", "n", "n_failed", "top1_mean", "top1_std", "top1_min",
-                "top1_max"):
+                "top1_max", "achieved_sparsity", "calibration_unconverged"):
         assert pd.api.types.is_numeric_dtype(table[col]), col
     rows = {(r.method, r.target_sparsity, r.source): r for r in table.itertuples()}
     s = rows[("set", 0.9, "ours")]

@@ -20,8 +20,12 @@ import pandas as pd
 from bench import store
 from bench.errors import UserError
 from bench.report.aggregate import AGG_COLUMNS, KEYS, aggregate, normalise, order
+from bench.report.recipes import (
+    base_label,
+    recipe_config,
+    recipe_id,  # noqa: F401 - part of bench.check's API
+)
 from bench.report.recipes import load as load_results
-from bench.report.recipes import recipe_id  # noqa: F401 - part of bench.check's API
 from methods import REGISTRY
 
 # Schema 2 adds the runs' fingerprint and per-seed top-1 and counts (the exact rule); schema 1
@@ -55,7 +59,9 @@ def only_filter(df: pd.DataFrame, only: dict[str, str], seeds_col: str | None) -
         elif key == "dataset":
             keep &= df["dataset"] == value
         elif key == "method":
-            keep &= (df["method_label"] == value) | (df["method"] == value)
+            # A label split by recipe ('gmp [train.epochs=3]') is still its grid label's.
+            labels = df["base_label"] if "base_label" in df else df["method_label"].map(base_label)
+            keep &= (labels == value) | (df["method"] == value)
         elif key == "sparsity":
             keep &= (df["target_sparsity"].astype(float) - float(value)).abs() <= 1e-9
         elif seeds_col is None:
@@ -90,7 +96,8 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     spread of nonzero counts and achieved sparsity over the successful seeds, and their per-seed
     top-1 and nonzero counts in seed order (the exact rule)."""
     if runs.empty:  # everything filtered out by --only: every baseline cell is missing
-        return pd.DataFrame(columns=[*AGG_COLUMNS, "method", "recipe", *_SPREAD])
+        return pd.DataFrame(columns=[*AGG_COLUMNS, "method", "base_label", "recipe",
+                                     "recipe_fields", *_SPREAD])
     agg = aggregate(runs)
     df = normalise(runs)
     ok = df[df["status"] == "ok"].sort_values("seed", kind="stable")
@@ -101,18 +108,26 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
         top1_seeds=("top1", lambda v: [float(x) for x in v]),
         nonzero_seeds=("params_nonzero", lambda v: [_count(x) for x in v]),
     ).reset_index()
-    method = df.groupby(KEYS, sort=True)["method"].first().reset_index()
-    if "recipe" in df:
-        recipes = df.groupby(KEYS, sort=True)["recipe"].agg(_joined).reset_index()
-        method = method.merge(recipes, on=KEYS, how="left")
-    else:
-        method = method.assign(recipe="")
+    method = df.groupby(KEYS, sort=True)[["method", "base_label"]].first().reset_index()
+    for col in ("recipe", "recipe_fields"):
+        if col in df:
+            values = df.groupby(KEYS, sort=True)[col].agg(
+                _joined if col == "recipe" else _one).reset_index()
+            method = method.merge(values, on=KEYS, how="left")
+        else:
+            method = method.assign(**{col: "" if col == "recipe" else None})
     return order(agg.merge(method, on=KEYS, how="left").merge(spread, on=KEYS, how="left"))
 
 
 def _joined(recipes: pd.Series) -> str:
     """A cell's distinct recipe ids, space-separated ('' when none is known)."""
     return " ".join(sorted({r for r in recipes if isinstance(r, str) and r}))
+
+
+def _one(fields: pd.Series) -> str | None:
+    """A cell's recipe fields (``recipe_fields`` JSON text), None unless there is one."""
+    known = {f for f in fields if isinstance(f, str)}
+    return next(iter(known)) if len(known) == 1 else None
 
 
 def cell_key(model: str, dataset: str, label: str, target: float) -> tuple[str, str, str, float]:
@@ -204,6 +219,7 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
         if fp is None else f"{', '.join(f'{k} {v}' for k, v in fp.items())}; a check whose "
         "results share it compares every top-1 and count exactly"))
 
+    configs = _recipe_configs(root, runs)
     entries = []
     for row in table.itertuples():
         exact = row.counts_rule == "exact"
@@ -222,6 +238,8 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
             "counts_constant": bool(row.nonzero_min == row.nonzero_max),
             "counts_rule": row.counts_rule,
             "recipe": row.recipe or None,
+            "recipe_config": configs.get(cell_key(row.model, row.dataset, row.method_label,
+                                                  row.target_sparsity)),
         })
     paths = set(runs["path"])
     used = [(res.get("versions") or {}, res.get("device"))
@@ -242,6 +260,18 @@ def pin(root: Path, only_spec: str | None = None, default_std: float | None = No
         "cells": entries,
     }
     return baseline, notes
+
+
+def _recipe_configs(root: Path, runs: pd.DataFrame) -> dict[tuple, str]:
+    """Per cell with one recipe: its config as ``recipe_config`` JSON text, so that a later
+    check can name the fields in which a current recipe differs from the pinned one."""
+    texts = {str(folder): recipe_config(result.get("config"))
+             for folder, result in store.iter_results(root)}
+    out: dict[tuple, set] = {}
+    for run in runs[runs["status"] == "ok"].itertuples():
+        key = cell_key(run.model, run.dataset, run.method_label, run.target_sparsity)
+        out.setdefault(key, set()).add(texts.get(str(run.path)))
+    return {k: next(iter(v)) for k, v in out.items() if len(v) == 1 and None not in v}
 
 
 # --- the file ---------------------------------------------------------------------------------

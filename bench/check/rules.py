@@ -33,6 +33,7 @@ baselines/pinned/README.md).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ import pandas as pd
 
 from bench.check.baseline import cell_key, only_filter
 from bench.fingerprint import differences
+from bench.report.recipes import base_label, differing_fields, recipe_fields
 
 DEFAULT_SIGMAS = 3.0
 DEFAULT_FLOOR = 0.5
@@ -209,17 +211,12 @@ def compare(baseline: dict[str, Any], current: pd.DataFrame, *, sigmas: float = 
             entries = [_restrict(c, int(only["seed"])) if "top1_seeds" in c else c
                        for c in entries]
     rule, reason = gate(baseline, current_fingerprint)
-    base = {cell_key(c["model"], c["dataset"], c["method_label"], c["target_sparsity"]): c
-            for c in entries}
-    cur = {cell_key(r.model, r.dataset, r.method_label, r.target_sparsity): r
-           for r in current.itertuples()}
     default_std = float(baseline["default_std"])
     # An old pin cut by --only seed= keeps its full n: the n rule would misfire there.
     check_n = not (only and "seed" in only and any("top1_seeds" not in c for c in entries))
     checks = []
-    for key in sorted(set(base) | set(cur), key=lambda k: (k[0], k[1], k[2], k[3])):
+    for key, b, c, other in sorted(match(entries, current), key=lambda p: p[0]):
         check = CellCheck(*key)
-        b, c = base.get(key), cur.get(key)
         if b is not None:
             check.base_top1, check.base_std, check.base_n = (b["top1_mean"], b.get("top1_std"),
                                                              b["n"])
@@ -237,11 +234,10 @@ def compare(baseline: dict[str, Any], current: pd.DataFrame, *, sigmas: float = 
             check.note = f"{int(c.n_failed)} of {int(c.n + c.n_failed)} seeds failed"
         else:
             check.delta = check.cur_top1 - check.base_top1
-            if b.get("recipe") and c.recipe and c.recipe != b["recipe"]:
+            if other is not None or (b.get("recipe") and c.recipe and c.recipe != b["recipe"]):
                 # Different training recipes: no tolerance makes the numbers comparable.
                 check.verdict = "recipe differs"
-                check.note = (f"baseline recipe {b['recipe']}, current {c.recipe}: rerun with "
-                              "the baseline's config, or re-pin")
+                check.note = _recipe_note(b, c, other)
             elif check_n and int(c.n) != int(b["n"]):
                 check.verdict = "n changed"
                 check.note = (f"pinned n={b['n']} (seeds {' '.join(map(str, b['seeds']))}), "
@@ -261,3 +257,74 @@ def compare(baseline: dict[str, Any], current: pd.DataFrame, *, sigmas: float = 
     return Comparison(checks, sigmas, floor, default_std,
                       str(baseline.get("default_std_source", "")),
                       float(baseline["default_sparsity_std"]), allow_missing, rule, reason)
+
+
+def _grid_key(model, dataset, label, target) -> tuple[str, str, str, float]:
+    return cell_key(model, dataset, base_label(label), target)
+
+
+def match(entries: list[dict[str, Any]], current: pd.DataFrame) -> list[tuple]:
+    """Pair baseline cells with current cells: (check key, baseline cell or None, current
+    cell or None, the pinned-recipe cell when the pair is another recipe of a pinned cell).
+
+    A cell is first matched by its label; then a pinned cell and the current cells of the same
+    model, dataset, target and *grid* label (the label before ``split_labels`` named a recipe
+    in it, ``base_label``) are one cell under another name: the current cell with the pinned
+    recipe is compared as usual, and every other recipe there is "recipe differs" (not
+    "missing" + "new": one more recipe under a label renames the cells of the first, issue 11's
+    split). What is left is missing (baseline) or new (current)."""
+    base = {cell_key(c["model"], c["dataset"], c["method_label"], c["target_sparsity"]): c
+            for c in entries}
+    cur = {cell_key(r.model, r.dataset, r.method_label, r.target_sparsity): r
+           for r in current.itertuples()}
+    pairs = [(k, base[k], cur[k], None) for k in base if k in cur]
+    base_groups: dict[tuple, list[tuple]] = {}
+    for k, cell in base.items():
+        g = _grid_key(cell["model"], cell["dataset"], cell["method_label"],
+                      cell["target_sparsity"])
+        base_groups.setdefault(g, []).append((k, cell, k in cur))
+    cur_groups: dict[tuple, list[tuple]] = {}
+    for k, row in cur.items():
+        if k not in base:
+            label = getattr(row, "base_label", None) or row.method_label
+            g = _grid_key(row.model, row.dataset, label, row.target_sparsity)
+            cur_groups.setdefault(g, []).append((k, row))
+    for g, members in base_groups.items():
+        free = [(k, cell) for k, cell, taken in members if not taken]
+        candidates = cur_groups.pop(g, [])
+        if not candidates:
+            pairs += [(k, cell, None, None) for k, cell in free]
+            continue
+        # The current cell trained with the pinned recipe is the pinned cell, renamed.
+        for k, cell in list(free):
+            same = [(ck, row) for ck, row in candidates
+                    if cell.get("recipe") and getattr(row, "recipe", None) == cell["recipe"]]
+            if same:
+                pairs.append((k, cell, same[0][1], None))
+                candidates.remove(same[0])
+                free.remove((k, cell))
+        if len(free) == 1 and len(candidates) == 1:  # renamed, recipe judged as usual
+            pairs.append((free[0][0], free[0][1], candidates[0][1], None))
+            continue
+        pinned = {id(c): c for _, c, _ in members}
+        reference = [row for _, cell, row, _ in pairs if id(cell) in pinned and row is not None]
+        for i, (ck, row) in enumerate(candidates):
+            cell = free[i][1] if i < len(free) else members[0][1]
+            pairs.append((ck, cell, row, reference[0] if reference else False))
+        pairs += [(k, cell, None, None) for k, cell in free[len(candidates):]]
+    pairs += [(k, None, row, None) for rows in cur_groups.values() for k, row in rows]
+    return pairs
+
+
+def _recipe_note(b: dict[str, Any], c, pinned_row) -> str:
+    """What differs between the pinned recipe and the current cell's: the fields when known
+    (from the pin's ``recipe_config``, else from the current cell that has the pinned
+    recipe), else the two recipe ids."""
+    pinned_fields = (recipe_fields(json.loads(b["recipe_config"])) if b.get("recipe_config")
+                     else getattr(pinned_row, "recipe_fields", None) if pinned_row else None)
+    fields = differing_fields(pinned_fields, getattr(c, "recipe_fields", None))
+    where = (f"another recipe under the pinned label {b['method_label']!r}: "
+             if c.method_label != b["method_label"] else "")
+    ids = f"pinned recipe {b.get('recipe') or '?'}, current {c.recipe or '?'}"
+    what = f"{'; '.join(fields)} ({ids})" if fields else ids
+    return f"{where}{what}: rerun with the baseline's config, or re-pin"

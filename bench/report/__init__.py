@@ -36,12 +36,19 @@ import pandas as pd
 from bench import store
 from bench.errors import UserError
 from bench.report import published as published_numbers
+from bench.report import reference
 from bench.report.aggregate import aggregate, mixed_settings, normalise, pct, section_dir
 from bench.report.html import Section as HtmlSection
 from bench.report.html import page
 from bench.report.leaderboard import RANKING, leaderboard, section
 from bench.report.numeric import accuracy_frame, with_ranges
-from bench.report.plots import plot_accuracy, plot_curves, plot_layers, styles
+from bench.report.plots import (
+    plot_accuracy,
+    plot_curves,
+    plot_layers,
+    styles,
+    with_relative_train_flops,
+)
 from bench.report.recipes import load as load_runs
 from bench.report.tables import accuracy_table, to_markdown, write_accuracy, write_summary
 
@@ -49,15 +56,19 @@ __all__ = ["write_report", "aggregate"]
 
 
 def write_report(root: Path, out: Path, published: Path | None = None,
-                 run_ids: Collection[str] | None = None, scope: str = "") -> list[Path]:
+                 run_ids: Collection[str] | None = None, scope: str = "",
+                 grid_ids: Collection[str] | None = None) -> list[Path]:
     """Write the report for every result under `root` into `out`; returns the files written.
     `published`: the published-numbers file (None = the repository's baselines/published.toml,
     and none at all when that file is absent). `run_ids`: report only these runs (a grid's,
-    so that a root shared by several grids is reported per grid); `scope` names them."""
+    so that a root shared by several grids is reported per grid); `scope` names them;
+    `grid_ids`: the grid's runs before ``--only``, where a dense reference left out of the
+    selection is looked for first (``bench.report.reference``)."""
     root, out = Path(root), Path(out)
-    runs = load_runs(root)
+    every = load_runs(root)
+    runs = every
     if run_ids is not None:
-        runs = runs[runs["run_id"].isin(set(run_ids))].reset_index(drop=True)
+        runs = every[every["run_id"].isin(set(run_ids))].reset_index(drop=True)
     if runs.empty:
         where = f" for {scope}" if scope else ""
         raise UserError(f"no results{where} under {store.runs_dir(root)}: run a grid first")
@@ -70,7 +81,7 @@ def write_report(root: Path, out: Path, published: Path | None = None,
     except OSError as exc:
         raise UserError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     try:
-        written = _build(runs, tmp, root, entries, out)
+        written = _build(runs, tmp, root, entries, out, every, grid_ids)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the report is meant to be shared
         _publish(tmp, out)
     except BaseException:
@@ -94,11 +105,16 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries, out: Path) -> list[Path]:
+def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries, out: Path,
+           every: pd.DataFrame, grid_ids: Collection[str] | None) -> list[Path]:
     agg = aggregate(runs)
     written = [tmp / "results.csv", tmp / "runs.csv", tmp / "leaderboard.md"]
-    with_ranges(agg, runs).to_csv(written[0], index=False, float_format="%.17g")
-    runs.to_csv(written[1], index=False)
+    # CSV numbers are pandas' default: each float as the shortest text that reads back as the
+    # same float (85.2, not %.17g's 85.200000000000003), so they equal result.json's exactly.
+    with_ranges(agg, runs).to_csv(written[0], index=False)
+    # Paths relative to the root, so a copied or committed report names no machine's folders.
+    runs.assign(path=[_from_root(p, root) for p in runs["path"]]).to_csv(written[1],
+                                                                         index=False)
     sections, pages = [], []
     rows = normalise(runs)
     for (model, dataset), sub in agg.groupby(["model", "dataset"], sort=True):
@@ -109,13 +125,16 @@ def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries, out: Path) -> lis
         mine = rows[(rows["model"] == model) & (rows["dataset"] == dataset)]
         files = write_accuracy(sub, folder, title, pub) + write_summary(sub, folder, title)
         # The CSV is numbers (mean, std, n, min, max columns), not the Markdown cells.
-        accuracy_frame(sub, mine, pub).to_csv(folder / "accuracy.csv", index=False,
-                                             float_format="%.17g")
+        accuracy_frame(sub, mine, pub).to_csv(folder / "accuracy.csv", index=False)
         style = styles(sub.loc[~sub["is_dense"].astype(bool), "method_label"])
+        ref = reference.find(sub, mine, every, grid_ids)
         html_section = HtmlSection(model, dataset, sub, mine, pub,
-                                   leaderboard_md="\n".join(section(sub, title, pub)))
+                                   leaderboard_md="\n".join(section(sub, title, pub, ref)))
         for axis in ("params", "macs", "train_flops"):
-            made = plot_accuracy(sub, axis, folder / axis, title, pub, style)
+            # Training FLOPs are relative to the section's dense reference, also one that
+            # the selection left out.
+            frame = with_relative_train_flops(sub, ref.row) if axis == "train_flops" else sub
+            made = plot_accuracy(frame, axis, folder / axis, title, pub, style)
             files += made
             if made:
                 html_section.figures[axis] = _rel(folder / f"{axis}.svg", tmp)
@@ -127,18 +146,30 @@ def _build(runs: pd.DataFrame, tmp: Path, root: Path, entries, out: Path) -> lis
             html_section.curves.append((target, _rel(paths[0].with_suffix(".svg"), tmp)))
         html_section.files = [_rel(p, tmp) for p in files if p.suffix in (".md", ".csv", ".tex")]
         written += files
-        sections.append((model, dataset, sub, files, pub))
+        sections.append((model, dataset, sub, files, pub, ref))
         pages.append(html_section)
-    written[2].write_text(leaderboard([(f"{m} on {d}", s, p) for m, d, s, _, p in sections]))
+    written[2].write_text(leaderboard([(f"{m} on {d}", s, p, r)
+                                       for m, d, s, _, p, r in sections]))
     readme = tmp / "README.md"
-    readme.write_text(_index(runs, root, sections, tmp))
+    readme.write_text(_index(runs, root_from(out, root), sections, tmp))
     index = tmp / "index.html"
-    index.write_text(page(pages, out, root, RANKING, mixed_settings(runs)))
+    index.write_text(page(pages, out, root_from(out, root), RANKING, mixed_settings(runs)))
     return [readme, index, *written]
 
 
 def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
+
+
+def _from_root(path: object, root: Path) -> str:
+    """A run folder relative to the root ('runs/<name>')."""
+    return Path(os.path.relpath(Path(str(path)).resolve(), root.resolve())).as_posix()
+
+
+def root_from(out: Path, root: Path) -> str:
+    """The run root as the report names it: relative to the report folder ('..' for the
+    default ROOT/report), never the absolute path of the machine that wrote it."""
+    return Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
 
 
 def _ok_runs(mine: pd.DataFrame, labels, target: float) -> pd.DataFrame:
@@ -209,13 +240,14 @@ def read_metrics(folder: Path) -> list[dict]:
     return records
 
 
-def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
+def _index(runs: pd.DataFrame, root: str, sections, tmp: Path) -> str:
     n_ok = int((runs["status"] == "ok").sum())
     n_failed = len(runs) - n_ok
     lines = [
         "# sparsebench report",
         "",
-        f"Results under `{root}`: {len(runs)} runs ({n_ok} ok, {n_failed} failed), "
+        f"Results under `{root}` (the run root, relative to this folder): {len(runs)} runs "
+        f"({n_ok} ok, {n_failed} failed), "
         f"{len(sections)} (model, dataset) pair(s).",
         "",
         "Accuracy is top-1 test accuracy in %: mean ± sample std (ddof=1) over the seeds that "
@@ -231,7 +263,7 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         "- [runs.csv](runs.csv): one row per run",
         "",
     ]
-    for model, dataset, sub, files, pub in sections:
+    for model, dataset, sub, files, pub, _ in sections:
         rel = [p.relative_to(tmp).as_posix() for p in files]
         names = {Path(r).name: r for r in rel}
         lines += [f"## {model} on {dataset}", ""]
@@ -270,7 +302,7 @@ def _index(runs: pd.DataFrame, root: Path, sections, tmp: Path) -> str:
         })
         lines += [to_markdown(table, index=False)]
     notes = mixed_settings(runs)
-    for _, _, sub, _, _ in sections:
+    for _, _, sub, _, _, _ in sections:
         for _, row in sub[sub["calibration_unconverged"] > 0].iterrows():
             notes.append(f"{row['model']}/{row['dataset']} {row['method_label']} at "
                          f"{pct(row['target_sparsity'])}: the calibration of "

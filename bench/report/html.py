@@ -26,7 +26,7 @@ import pandas as pd
 from bench import store
 from bench.report.aggregate import pct
 from bench.report.published import Published, fmt_number
-from bench.report.tables import accuracy_cell
+from bench.report.tables import accuracy_cell, unranked_flags
 
 # Boolean columns of the aggregated frame shown as a badge on a cell when true: column ->
 # (badge text, CSS class). Columns that are absent are simply not shown.
@@ -131,12 +131,15 @@ def _sort_value(value: float) -> str:
 
 
 def _markers(row: pd.Series) -> list[tuple[str, str]]:
+    """(badge text, CSS class) per marker column that is true; a reason the cell is not
+    ranked carries its detail ('missed target (achieved 0.392)'), said once, as a badge."""
+    detail = dict(unranked_flags(row))
     out = []
     for col, (text, css) in MARKERS.items():
         value = row.get(col)
         if value is not None and not (isinstance(value, float) and math.isnan(value)) \
                 and bool(value):
-            out.append((text, css))
+            out.append((detail.get(col, text), css))
     return out
 
 
@@ -180,9 +183,11 @@ def accuracy_html(section: Section, out: Path) -> str:
             cell_runs = runs[(runs["method_label"] == label)
                              & (runs["target_sparsity"] == target)]
             badge_html = "".join(f"<span class=\"badge {c}\">{_E(t)}</span>" for t, c in badges)
+            # The reasons a cell is not ranked are its badges, not repeated in its text.
+            text = accuracy_cell(row, reasons=False)
             cells.append(
                 f"<td class=\"{' '.join(css)}\" data-sort=\"{_sort_value(row['top1_mean'])}\">"
-                f"{_E(accuracy_cell(row))}{badge_html}{_run_links(cell_runs, out)}</td>"
+                f"{_E(text)}{badge_html}{_run_links(cell_runs, out)}</td>"
             )
         lines.append("<tr>" + "".join(cells) + "</tr>")
     for p in section.published:
@@ -299,9 +304,9 @@ def _legend(sections: list[Section]) -> str:
     return f"<p class=\"legend\">{items}</p>" if items else ""
 
 
-def page(sections: list[Section], out: Path, root: Path, ranking: str,
+def page(sections: list[Section], out: Path, root: str, ranking: str,
          notes: Sequence[str] = ()) -> str:
-    """The whole index.html."""
+    """The whole index.html; `root` is the run root relative to the report folder."""
     n = sum(len(s.runs) for s in sections)
     failed = sum(int((s.runs["status"] != "ok").sum()) for s in sections)
     nav = "".join(f"<li><a href=\"#{_E(s.anchor)}\">{_E(s.model)} on {_E(s.dataset)}</a></li>"
@@ -315,7 +320,8 @@ def page(sections: list[Section], out: Path, root: Path, ranking: str,
         f"<style>{STYLE}</style></head><body>",
         "<h1>sparsebench report</h1>",
         f"<p class=\"summary\">{n} runs ({n - failed} ok, {failed} failed) under "
-        f"<code>{_E(str(root))}</code>, {len(sections)} (model, dataset) pair(s). Top-1 test "
+        f"<code>{_E(root)}</code> (the run root, relative to this page), {len(sections)} "
+        "(model, dataset) pair(s). Top-1 test "
         "accuracy in %; points and tables use the achieved (not nominal) counts.</p>",
         _legend(sections),
         f"<nav><ul>{nav}</ul></nav>",

@@ -13,6 +13,7 @@ import pandas as pd
 from bench.report.aggregate import pct
 from bench.report.plots import dense_reference
 from bench.report.published import Published, fmt_count, fmt_number
+from bench.report.reference import NO_DENSE, Reference
 from bench.report.tables import accuracy_cell, to_markdown
 
 RANKING = (
@@ -28,9 +29,10 @@ RANKING = (
     "recipes are separate rows named by the fields that differ. "
     "Cells read mean ± sample std (n = finished seeds). Achieved sparsity and nonzero params "
     "are the means over finished seeds (achieved, not nominal). Δ dense = mean top-1 minus "
-    "that of the dense reference of the same section. Epochs and train FLOPs (total training "
-    "FLOPs, RigL's accounting, relative to the dense reference's) give each row's training "
-    "budget. Rows ranked `published` are numbers "
+    "that of the dense reference of the same section (a report of part of a root uses the "
+    "dense run of the same recipe under the root, and says why where there is none). "
+    "Epochs and train FLOPs (total training FLOPs, RigL's accounting, relative to the dense "
+    "reference's) give each row's training budget. Rows ranked `published` are numbers "
     "copied from the cited source, under a different recipe (see each section's sources); "
     "they are shown for comparison and never ranked."
 )
@@ -63,33 +65,37 @@ def _params(value: float) -> str:
     return "—" if not np.isfinite(value) else f"{round(value):,}"
 
 
-def _delta(mean: float, ref: float | None) -> str:
-    if ref is None or not np.isfinite(mean):
+def _delta(mean: float, ref: float | None, missing: str = "—") -> str:
+    if not np.isfinite(mean):
         return "—"
+    if ref is None:
+        return missing
     return f"{mean - ref:+.2f}"
 
 
-def _budget(row: pd.Series, ref_flops: float | None) -> dict:
+def _budget(row: pd.Series, ref_flops: float | None, missing: str = "—") -> dict:
     epochs = row.get("epochs", np.nan)
     flops = row.get("train_flops", np.nan)
     rel = (f"{flops / ref_flops:.2f}×" if ref_flops and np.isfinite(flops) and ref_flops > 0
-           else "—")
+           else missing if ref_flops is None and np.isfinite(flops) else "—")
     return {"epochs": f"{epochs:g}" if np.isfinite(epochs) else "—", "train FLOPs": rel}
 
 
 def _our_row(row: pd.Series, rank_text: str, ref: float | None, top5: bool,
-             ref_flops: float | None = None) -> dict:
+             ref_flops: float | None = None, missing: str = "—") -> dict:
+    """One leaderboard row; `missing` is what the columns relative to dense say when there is
+    no dense reference (``bench.report.reference``: "no dense run", ...)."""
     out = {"rank": rank_text, "method": row["method_label"], "top-1 (%)": accuracy_cell(row)}
     if top5:
         out["top-5 (%)"] = (f"{row['top5_mean']:.2f}" if np.isfinite(row["top5_mean"])
                             else "—")
     out |= {
-        "Δ dense": _delta(row["top1_mean"], ref),
+        "Δ dense": _delta(row["top1_mean"], ref, missing),
         "achieved sparsity": (f"{row['achieved_sparsity']:.4f}"
                               if np.isfinite(row["achieved_sparsity"]) else "—"),
         "nonzero params": _params(row["params_nonzero"]),
     }
-    return out | _budget(row, ref_flops)
+    return out | _budget(row, ref_flops, missing)
 
 
 def _published_row(p: Published, top5: bool) -> dict:
@@ -105,31 +111,38 @@ def _published_row(p: Published, top5: bool) -> dict:
     return out
 
 
-def section(sub: pd.DataFrame, title: str, published: Sequence[Published]) -> list[str]:
-    """Markdown lines for one (model, dataset)."""
+def section(sub: pd.DataFrame, title: str, published: Sequence[Published],
+            reference: Reference | None = None) -> list[str]:
+    """Markdown lines for one (model, dataset). `reference`: its dense reference
+    (``bench.report.reference.find``); None = the dense cell of `sub`."""
     sub = sub.copy()
     for col in ("top1_mean", "top5_mean", "achieved_sparsity", "params_nonzero", "epochs",
                 "train_flops"):
         sub[col] = pd.to_numeric(sub[col], errors="coerce").astype(float)
     dense = sub[sub["is_dense"].astype(bool)]
     sparse = sub[~sub["is_dense"].astype(bool)]
-    ref_row = dense_reference(sub)
+    if reference is None:
+        row = dense_reference(sub)
+        reference = Reference(row, missing="" if row is not None else NO_DENSE)
+    ref_row, missing = reference.row, reference.missing
     ref = None if ref_row is None else float(ref_row["top1_mean"])
     ref_flops = None if ref_row is None else float(ref_row["train_flops"])
     top5 = bool(sub["top5_mean"].notna().any()) or any(p.top5 is not None for p in published)
     lines = [f"## {title}", ""]
     if ref_row is None:
-        lines += ["Dense reference: none (no successful dense run); Δ dense is left blank.", ""]
+        lines += [f"Dense reference: none ({missing}); Δ dense and train FLOPs say so.", ""]
     else:
-        lines += [f"Dense reference: `{ref_row['method_label']}`, top-1 {ref:.2f}.", ""]
-    rows = [_our_row(r, "dense", ref, top5, ref_flops) for _, r in dense.iterrows()]
+        where = " (not in this selection; found under the root)" if reference.outside else ""
+        lines += [f"Dense reference: `{ref_row['method_label']}`, top-1 {ref:.2f}{where}.", ""]
+    rows = [_our_row(r, "dense", ref, top5, ref_flops, missing) for _, r in dense.iterrows()]
     rows += [_published_row(p, top5) for p in published if p.sparsity == 0.0]
     if rows:
         lines += ["### Dense", "", to_markdown(pd.DataFrame(rows), index=False)]
     targets = sorted(set(sparse["target_sparsity"]))
     for target in targets:
         ranked = rank(sparse[sparse["target_sparsity"] == target])
-        rows = [_our_row(r, "—" if r["rank"] is None else str(r["rank"]), ref, top5, ref_flops)
+        rows = [_our_row(r, "—" if r["rank"] is None else str(r["rank"]), ref, top5, ref_flops,
+                         missing)
                 for _, r in ranked.iterrows()]
         rows += [_published_row(p, top5) for p in published if p.sparsity == target]
         lines += [f"### {pct(target)} target sparsity", "",
@@ -159,9 +172,10 @@ def _dot(text: str) -> str:
     return text.strip().rstrip(".") + "."
 
 
-def leaderboard(sections: list[tuple[str, pd.DataFrame, list[Published]]]) -> str:
-    """The whole page from (title, aggregated rows, published entries) per section."""
+def leaderboard(sections: list[tuple]) -> str:
+    """The whole page from (title, aggregated rows, published entries[, dense reference])
+    per section."""
     lines = ["# sparsebench leaderboard", "", RANKING, ""]
-    for title, sub, published in sections:
-        lines += section(sub, title, published)
+    for title, sub, published, *ref in sections:
+        lines += section(sub, title, published, *ref)
     return "\n".join(lines)

@@ -19,8 +19,14 @@ from bench.report.published import Published
 STATS = ("mean", "std", "min", "max")
 METRICS = ("top1", "top5", "test_loss")
 
+# The cell's flags, as the tables and the page show them (badges, "missed target", ...):
+# missed_target, at_chance and recipe_split are booleans (``bench.report.aggregate``),
+# calibration_unconverged the number of seeds whose STR calibration did not converge.
+FLAGS = ["missed_target", "at_chance", "calibration_unconverged", "recipe_split"]
+
 ACCURACY_COLUMNS = ["method", "target_sparsity", "source", "n", "n_failed",
-                    "top1_mean", "top1_std", "top1_min", "top1_max"]
+                    "top1_mean", "top1_std", "top1_min", "top1_max",
+                    "achieved_sparsity", *FLAGS]
 
 
 def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
@@ -59,10 +65,22 @@ def accuracy_frame(section: pd.DataFrame, runs: pd.DataFrame,
         s = stats.loc[tuple(cell[k] for k in KEYS)]
         rows.append({"method": cell["method_label"], "target_sparsity": cell["target_sparsity"],
                      "source": "ours", "n": int(s["n"]), "n_failed": int(s["n_failed"]),
-                     **{f"top1_{k}": s[f"top1_{k}"] for k in STATS}})
+                     **{f"top1_{k}": s[f"top1_{k}"] for k in STATS},
+                     "achieved_sparsity": cell["achieved_sparsity"],
+                     **{flag: _flag(cell.get(flag), flag) for flag in FLAGS}})
     for p in published:
         rows.append({"method": p.method, "target_sparsity": p.sparsity,
                      "source": f"published: {p.source.citation}", "n": 1, "n_failed": 0,
                      "top1_mean": p.top1, "top1_std": np.nan, "top1_min": p.top1,
-                     "top1_max": p.top1})
+                     "top1_max": p.top1, "achieved_sparsity": p.sparsity,
+                     **{flag: _flag(None, flag) for flag in FLAGS}})
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+
+
+def _flag(value, flag: str) -> bool | int:
+    """A flag as its column holds it: a count for calibration_unconverged, else a boolean;
+    absent (a published row, an older frame) is False / 0."""
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    if flag == "calibration_unconverged":
+        return 0 if missing else int(value)
+    return False if missing else bool(value)

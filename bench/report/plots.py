@@ -145,11 +145,12 @@ def published_points(published: Sequence[Published], axis: str) -> list[tuple[Pu
     return [(p, getattr(p, field)) for p in published if getattr(p, field) is not None]
 
 
-def with_relative_train_flops(agg: pd.DataFrame) -> pd.DataFrame:
+def with_relative_train_flops(agg: pd.DataFrame, ref: pd.Series | None = None) -> pd.DataFrame:
     """`agg` plus ``train_flops_rel``: each cell's mean training FLOPs divided by those of the
-    dense reference of the same frame (one section); NaN without a dense reference."""
+    dense reference `ref` (None: the one of the same frame, one section); NaN without a
+    dense reference."""
     out = agg.copy()
-    ref = dense_reference(agg)
+    ref = dense_reference(agg) if ref is None else ref
     dense = float(ref["train_flops"]) if ref is not None else math.nan
     out["train_flops_rel"] = (pd.to_numeric(out["train_flops"], errors="coerce") / dense
                               if math.isfinite(dense) and dense > 0 else math.nan)

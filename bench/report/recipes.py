@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from bench import store
-from bench.config import canonical, from_dict, run_id
+from bench.config import canonical, canonical_json, from_dict, run_id
 from bench.errors import UserError
 
 
@@ -37,6 +37,14 @@ def recipe_id(config: dict[str, Any] | None) -> str | None:
     None when the config no longer parses (a method or field since removed)."""
     parsed = _parsed(config)
     return None if parsed is None else run_id(replace(parsed, seed=0))
+
+
+def recipe_config(config: dict[str, Any] | None) -> str | None:
+    """The JSON text ``recipe_id`` hashes (defaults left out, seed 0): short enough for a pin
+    to record, and read back by ``recipe_fields(json.loads(...))``. None when the config no
+    longer parses."""
+    parsed = _parsed(config)
+    return None if parsed is None else canonical_json(replace(parsed, seed=0))
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -86,7 +94,10 @@ def load(root: Path) -> pd.DataFrame:
 def split_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose (model, dataset, method label) holds several recipes get the label
     ``<label> [field=value, ...]`` naming the fields in which those recipes differ (and
-    ``recipe_split`` True); every other run keeps its label. Idempotent."""
+    ``recipe_split`` True); every other run keeps its label. ``base_label`` keeps the label
+    the grid gave (what ``sparsebench check`` matches a pinned cell by). Idempotent."""
+    if "base_label" not in runs:
+        runs = runs.assign(base_label=runs["method_label"])
     if "recipe_fields" not in runs or runs.empty:
         return runs
     df = runs.copy()
@@ -109,3 +120,19 @@ def split_labels(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _value(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def differing_fields(fields_a: str | None, fields_b: str | None) -> list[str]:
+    """'train.epochs: 40 -> 3' for each field (``recipe_fields`` JSON text) in which two
+    recipes differ, sorted by name; [] when either is unknown (None)."""
+    if not isinstance(fields_a, str) or not isinstance(fields_b, str):
+        return []
+    a, b = json.loads(fields_a), json.loads(fields_b)
+    return [f"{k}: {_value(a.get(k))} -> {_value(b.get(k))}" for k in sorted(set(a) | set(b))
+            if json.dumps(a.get(k)) != json.dumps(b.get(k))]
+
+
+def base_label(label: str) -> str:
+    """A cell's label without the recipe fields ``split_labels`` added: 'gmp [train.epochs=3]'
+    -> 'gmp' (a pinned cell records only its label)."""
+    return str(label).partition(" [")[0]

@@ -7,9 +7,12 @@ The formatting is hand-written (no tabulate / jinja2) so the report needs nothin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Sequence
+from numbers import Number
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.report.aggregate import pct
@@ -24,10 +27,11 @@ def _num(value: float, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def accuracy_cell(row: pd.Series) -> str:
+def accuracy_cell(row: pd.Series, reasons: bool = True) -> str:
     """'71.20', '71.20 ± 0.35 (n=3)', '71.20 (n=1, 1 failed)' or 'failed (n=2)', followed by
     why a cell is not ranked (``bench.report.eligibility``): ', missed target (achieved
-    0.6205)' (plus '; calibration did not converge' where STR's did not) or ', at chance'."""
+    0.6205)' (plus '; calibration did not converge' where STR's did not) or ', at chance'.
+    `reasons` False leaves those out (the HTML page shows them as badges instead)."""
     n, failed = int(row["n"]), int(row["n_failed"])
     if n == 0:
         return f"failed (n={failed})"
@@ -38,20 +42,32 @@ def accuracy_cell(row: pd.Series) -> str:
         text += f" (n={n}, {failed} failed)"
     elif n > 1:
         text += f" (n={n})"
-    return text + "".join(f", {flag}" for flag in unranked_reasons(row))
+    return text + ("".join(f", {flag}" for flag in unranked_reasons(row)) if reasons else "")
 
 
 def unranked_reasons(row: pd.Series) -> list[str]:
     """Why a cell with finished seeds is not ranked (empty when it is)."""
+    return [text for _, text in unranked_flags(row)]
+
+
+def unranked_flags(row: pd.Series) -> list[tuple[str, str]]:
+    """(flag column, reason text) for each reason a cell is not ranked: ``missed_target``
+    ('missed target (achieved 0.6205)', '; calibration did not converge' added where STR's
+    did not) and ``at_chance`` ('at chance (10.00% guessing)')."""
     reasons = []
-    if bool(row.get("missed_target", False)):
+    if _flag(row.get("missed_target", False)):
         text = describe_missed(row.get("achieved_sparsity", math.nan))
         if int(row.get("calibration_unconverged", 0) or 0):
             text += "; calibration did not converge"
-        reasons.append(text)
-    if bool(row.get("at_chance", False)):
-        reasons.append(f"at chance ({_num(row.get('chance_top1', math.nan))}% guessing)")
+        reasons.append(("missed_target", text))
+    if _flag(row.get("at_chance", False)):
+        reasons.append(("at_chance",
+                        f"at chance ({_num(row.get('chance_top1', math.nan))}% guessing)"))
     return reasons
+
+
+def _flag(value: object) -> bool:
+    return not _missing(value) and bool(value)
 
 
 def accuracy_table(agg: pd.DataFrame, published: Sequence[Published] = ()) -> pd.DataFrame:
@@ -140,10 +156,25 @@ def markdown(header: list[str], rows: list[list[object]], right: Collection[int]
 
 
 def to_markdown(frame: pd.DataFrame, index: bool) -> str:
-    """A DataFrame as a ``markdown`` table: first column left-aligned, the rest right."""
+    """A DataFrame as a ``markdown`` table: number columns right-aligned, text left
+    (``numeric_column``)."""
     frame = frame.reset_index() if index else frame
-    return markdown([str(c) for c in frame.columns], [list(r) for r in
-                    frame.itertuples(index=False)], range(1, len(frame.columns)))
+    rows = [list(r) for r in frame.itertuples(index=False)]
+    right = [i for i in range(len(frame.columns)) if numeric_column([r[i] for r in rows])]
+    return markdown([str(c) for c in frame.columns], rows, right)
+
+
+_NUMBER = re.compile(r"[+\-−]?\.?\d")
+
+
+def numeric_column(values: Sequence[object]) -> bool:
+    """Whether a column holds numbers (right-aligned): some cell is a number or text that
+    starts with one ("94.30 ± 0.35 (n=3)", "+1.20", "5,210", "1.00×", "90%"). Such a column
+    may also hold words where a number is missing ("failed (n=2)", "—", "published"); a text
+    column (method labels, errors, file names) has no cell starting with a digit."""
+    return any((isinstance(v, Number) and not isinstance(v, (bool, np.bool_)))
+               or (isinstance(v, str) and _NUMBER.match(v) is not None)
+               for v in values if not _missing(v))
 
 
 def _md_cell(value: object) -> str:
@@ -216,7 +247,7 @@ def write_summary(agg: pd.DataFrame, folder: Path, title: str) -> list[Path]:
     paths[0].write_text(
         f"{caption}\n\n{to_markdown(summary_display(table, MISSING_MD), index=False)}"
     )
-    table.to_csv(paths[1], index=False, float_format="%.17g")
+    table.to_csv(paths[1], index=False)
     paths[2].write_text(
         to_latex(summary_display(table, MISSING_TEX), index=False, caption=caption)
     )
