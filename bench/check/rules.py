@@ -25,7 +25,10 @@ baselines/pinned/README.md).
   With ``--only seed=S`` the baseline cell is first restricted to seed S (schema 2 pins).
 * **Recipe.** A current cell trained with another recipe (``recipe_id``: the run id without the
   seed) than the pin's is "recipe differs", a failure: no tolerance makes two experiments
-  comparable. Pins without recipes and configs that no longer parse skip this rule.
+  comparable; the note names the differing fields. Cells are matched by label, then by the
+  grid's label (``match``), so a label the report split by recipe is one "recipe differs" per
+  extra recipe rather than "missing" + "new". Pins without recipes and configs that no longer
+  parse skip this rule.
 * **Status.** A baseline cell with no current result is "missing" (a failure unless
   ``allow_missing``); a current cell absent from the baseline is "new" (never a failure); a cell
   whose every seed failed is "failed" (a failure).

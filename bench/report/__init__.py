@@ -8,7 +8,8 @@ Layout (names are fixed so links and scripts can rely on them)::
     <out>/README.md, results.csv (all aggregated cells, numeric), runs.csv (one row per run)
     <out>/leaderboard.md                            methods ranked per target sparsity
     <out>/<model>-<dataset>/accuracy.{md,tex}       method x target sparsity, mean ± std (n)
-    <out>/<model>-<dataset>/accuracy.csv            the same as numbers: mean, std, n, min, max
+    <out>/<model>-<dataset>/accuracy.csv            the same as numbers (mean, std, n, min,
+                                                    max, achieved sparsity) and cell flags
     <out>/<model>-<dataset>/summary.{md,csv,tex}    long form: achieved sparsity, params, MACs
     <out>/<model>-<dataset>/{params,macs,train_flops}.{png,svg,pdf}   accuracy vs cost, 6.9 in
     <out>/<model>-<dataset>/{params,macs,train_flops}-1col.{png,pdf}  the same at 3.3 in
