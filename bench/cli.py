@@ -163,7 +163,11 @@ def _dry_run(args: argparse.Namespace, grid, runs, root: Path, data_root: Path |
     from bench.launch import plan, slurm_settings
 
     if args.executor == "slurm":
-        slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
+        from bench.launch.slurm_settings import check_gpus
+
+        check_gpus(slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm),
+                                  source=grid.path),
+                   {r.config.train.world_size for r in runs})
     else:
         _no_slurm_flags(args)
     _epoch_loggers(args)
@@ -265,8 +269,10 @@ def _slurm_overrides(args: argparse.Namespace, grid_table: dict) -> dict:
 
 def _submit_slurm(args: argparse.Namespace, grid, runs, root: Path, data_root) -> int:
     from bench.launch import slurm_settings, submit_slurm
+    from bench.launch.slurm_settings import check_gpus
 
     settings = slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
+    check_gpus(settings, {r.config.train.world_size for r in runs})
     ensure_writable(root)
     sub = submit_slurm(runs, root, data_root, settings, retry_failed=args.retry_failed,
                        name=f"sb-{grid.name}")

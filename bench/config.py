@@ -84,6 +84,14 @@ class TrainConfig:
     # GPU execution (bench/accel.py); CPU runs compute the same either way.
     deterministic: bool = False  # deterministic algorithms instead of cuDNN autotuning
     compile: bool = False  # torch.compile the model's forward (masks never recompile it)
+    # Processes (one per GPU) that train the run together with DistributedDataParallel
+    # (bench/distributed.py). batch_size is the global batch: each rank takes batch_size /
+    # world_size of it. Part of the run id: per-rank batch norm statistics and the gradient
+    # reduction order change the numbers.
+    world_size: int = field(default=1, metadata=check(ge=1, divides="batch_size"))
+    # Batch norm statistics over the global batch (torch.nn.SyncBatchNorm; CUDA only) instead
+    # of each rank's shard. Does nothing at world size 1.
+    sync_batchnorm: bool = False
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import bench
-from bench import accel, store
+from bench import accel, distributed, store
 from bench.budget import budget_error, calibration_flag
 from bench.config import RunConfig, run_id, run_label, to_dict
 from bench.failures import DependencyNotDone, classify, retried_by_plain_rerun
@@ -134,7 +134,6 @@ class RunHarness:
                            train_flops=float(result["train_flops"]))
 
 
-@exclusive_run(lambda root, config: run_folder(root, resolve_hparams(config)))
 def run_one(
     config: RunConfig,
     root: Path,
@@ -153,25 +152,95 @@ def run_one(
     on disk and the next call resumes from it). Holds the run folder's lock throughout: a
     second process asking for the same run waits, then returns the first one's result. A
     corrupt result, or an ok one whose model.pt does not verify, is set aside and retrained.
+
+    A run with ``train.world_size`` N > 1 trains in N processes (``bench.launch.ddp``: spawned
+    here, or this process is one rank of a SLURM job or ``torchrun``); `progress` is not
+    called for it (its progress file is written by rank 0).
     """
+    config = resolve_hparams(config)
+    if config.train.world_size > 1:
+        from bench.launch.ddp import run_distributed
+
+        return run_distributed(config, Path(root), data_root, label=label,
+                               retry_failed=retry_failed, should_stop=should_stop,
+                               stop_after_epoch=stop_after_epoch)
+    return _run_locked(config, root, data_root, label=label, retry_failed=retry_failed,
+                       should_stop=should_stop, stop_after_epoch=stop_after_epoch,
+                       progress=progress)
+
+
+def finished_result(folder: Path, retry_failed: bool) -> dict[str, Any] | None:
+    """The result of the run in `folder` when it is to be returned as is (done, or failed and
+    not retried); None when the run is to train. A result that is retried is removed (and,
+    for a failure of the method, its checkpoint: it may hold the diverged state)."""
+    existing = store.usable_result(folder)
+    if existing is None:
+        return None
+    if existing.get("status") == "ok" or not (retry_failed or retried_by_plain_rerun(existing)):
+        return existing
+    (folder / store.RESULT).unlink()
+    if existing.get("status") != "error":
+        # A retried failure starts from scratch: its checkpoint may hold the diverged state.
+        # An error of the environment (OOM, I/O) resumes from its checkpoint.
+        (folder / store.CHECKPOINT).unlink(missing_ok=True)
+    return None
+
+
+@exclusive_run(lambda root, config: run_folder(root, resolve_hparams(config)))
+def _run_locked(config: RunConfig, root: Path, data_root: Path | None = None,
+                **kwargs: Any) -> dict[str, Any]:
+    return run_body(config, root, data_root, **kwargs)
+
+
+def run_body(
+    config: RunConfig,
+    root: Path,
+    data_root: Path | None = None,
+    *,
+    label: str | None = None,
+    retry_failed: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    stop_after_epoch: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    rank: distributed.Rank | None = None,
+) -> dict[str, Any]:
+    """``run_one``'s work, the run folder's lock held by the caller. In a multi-process run
+    every rank calls it (`rank`): rank 0 reads and writes the run folder and decides whether
+    the run is done; the other ranks train alongside and write nothing."""
     config = resolve_hparams(config)
     config.validate()
     folder = run_folder(root, config)
-    store.clean_temp_files(folder)
-    existing = store.usable_result(folder)
-    if existing is not None:
-        if existing.get("status") == "ok" or not (retry_failed or retried_by_plain_rerun(existing)):
-            return existing
-        (folder / store.RESULT).unlink()
-        if existing.get("status") != "error":
-            # A retried failure starts from scratch: its checkpoint may hold the diverged state.
-            # An error of the environment (OOM, I/O) resumes from its checkpoint.
-            (folder / store.CHECKPOINT).unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    store.prepare_folder(folder, to_dict(config))
-    log = _logger(folder)
+    writes = rank is None or rank.writes
+    done = None
+    if writes:
+        store.clean_temp_files(folder)
+        done = finished_result(folder, retry_failed)
+    if rank is not None:
+        done = distributed.broadcast(done)
+    if done is not None:
+        return done
+    result = _train_and_record(config, root, data_root, folder, writes, rank, label=label,
+                               should_stop=should_stop, stop_after_epoch=stop_after_epoch,
+                               progress=progress)
+    # Every rank returns rank 0's result, once it is on disk (a run that depends on this one
+    # may start right after, in the same processes).
+    return distributed.broadcast(result) if rank is not None else result
+
+
+def _train_and_record(config: RunConfig, root: Path, data_root: Path | None, folder: Path,
+                      writes: bool, rank: distributed.Rank | None, *, label: str | None,
+                      should_stop: Callable[[], bool] | None, stop_after_epoch: int | None,
+                      progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     rid = run_id(config)
-    log(f"run {rid} on {resolve_device(config.train.device)}")
+    if writes:
+        folder.mkdir(parents=True, exist_ok=True)
+        store.prepare_folder(folder, to_dict(config))
+        log = _logger(folder)
+        log(f"run {rid} on {resolve_device(config.train.device)}"
+            + (f", {rank.world_size} processes" if rank is not None else ""))
+    else:
+        def log(_msg: str) -> None:
+            pass
 
     base = {
         "schema": RESULT_SCHEMA_VERSION,
@@ -185,8 +254,9 @@ def run_one(
         "versions": versions(),
     }
     # Progress file for `sparsebench run`'s bars, and the optional TensorBoard / W&B loggers.
-    watch = RunWatch(folder, config, base["config"],
-                     lambda: sum(p.train.epochs for p in trainer.method.phases()))
+    watch = (RunWatch(folder, config, base["config"],
+                      lambda: sum(p.train.epochs for p in trainer.method.phases()))
+             if writes else _NoWatch())
     harness = RunHarness(Path(root), data_root, should_stop, log)
     method = None
     started = time.perf_counter()
@@ -205,6 +275,8 @@ def run_one(
         raise
     except (Diverged, Exception) as exc:  # noqa: B014 - Diverged named for the reader
         status, kind = classify(exc)
+        if not writes:
+            return {"run_id": rid, "status": status, "error": f"{type(exc).__name__}: {exc}"}
         log(f"{status}: {kind}\n" + traceback.format_exc())
         result = {**base, "status": status, "error_kind": kind,
                   "error": f"{type(exc).__name__}: {exc}",
@@ -215,6 +287,8 @@ def run_one(
     finally:
         watch.close()
 
+    if not writes:
+        return {"run_id": rid, "status": "ok", "error": None}
     counts = count(outcome.model, outcome.data.input_shape)
     store.atomic_torch_save(outcome.model.state_dict(), folder / MODEL_FILE)
     result = {
@@ -252,6 +326,19 @@ def run_one(
     (folder / store.CHECKPOINT).unlink(missing_ok=True)
     # Return what is on disk, so a fresh result and a skipped one compare equal.
     return store.read_result(folder)
+
+
+class _NoWatch:
+    """RunWatch's interface for the ranks that write nothing."""
+
+    def progress(self, inner):
+        return inner
+
+    def on_epoch(self, inner):
+        return inner
+
+    def close(self) -> None:
+        pass
 
 
 def load_final_model(root: Path, config: RunConfig) -> dict[str, torch.Tensor]:

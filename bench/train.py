@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import accel, checkpoint
+from bench import accel, checkpoint, distributed
 from bench.config import RunConfig, TrainConfig
 from bench.data import load_dataset
 from bench.data.base import DataBundle, epoch_generator, num_batches
+from bench.errors import UserError
 from bench.flops import StepCost
 from bench.models import ModelMaker
 from bench.recipe import make_optimizer, set_lr, train_loss
@@ -131,6 +132,8 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     amp: Callable[[], Any] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    forward: nn.Module | None = None,
+    loss_weight: float = 1.0,
 ) -> torch.Tensor:
     """One optimizer step on the batch (x, y), calling the method's hooks in the contract's
     order (``methods/base.py``): forward and ``extra_loss`` (under `amp`, a context factory such
@@ -140,9 +143,16 @@ def train_step(
     detached task loss (without ``extra_loss``), shape [].
 
     The one implementation of a training step: the trainer and the tests' hook driver both
-    call it, so the hook order is written once."""
+    call it, so the hook order is written once.
+
+    In a multi-process run `forward` is `model` wrapped in DistributedDataParallel: the forward
+    goes through it, so ``backward`` returns with the gradients averaged over the ranks, before
+    ``after_backward``; the hooks get `model` itself. `loss_weight` scales this rank's loss
+    (``bench.distributed.shard_weight``); the returned loss is the weighted one."""
     with amp() if amp is not None else nullcontext():
-        loss = loss_fn(model(x), y)
+        loss = loss_fn((forward or model)(x), y)
+        if loss_weight != 1.0:
+            loss = loss * loss_weight
         extra = method.extra_loss(model)
         total = loss if extra is None else loss + extra
     optimizer.zero_grad(set_to_none=True)
@@ -183,6 +193,8 @@ class TrainState:
     loss_sum: float = 0.0  # sum of this epoch's batch losses so far (mid-epoch)
     n_batches: int = 0  # batches in loss_sum
     scaler: dict[str, Any] | None = None  # fp16 only
+    # Multi-process runs: each rank's own loss_sum (mid-epoch), in rank order.
+    rank_loss_sums: list[float] | None = None
     rng: dict[str, Any] | None = None  # as loaded; saving records the RNG of that moment
 
     def to_payload(self) -> dict[str, Any]:
@@ -195,6 +207,8 @@ class TrainState:
         }
         if self.scaler is not None:
             payload["scaler"] = self.scaler
+        if self.rank_loss_sums is not None:
+            payload["rank_loss_sums"] = self.rank_loss_sums
         return payload
 
     @classmethod
@@ -208,6 +222,7 @@ class TrainState:
             loss_sum=float(payload.get("loss_sum", 0.0)),
             n_batches=int(payload.get("n_batches", 0)),
             scaler=payload.get("scaler"), rng=payload["rng"],
+            rank_loss_sums=payload.get("rank_loss_sums"),
         )
 
 
@@ -280,14 +295,20 @@ class Trainer:
         """Data, the model (from the run seed), masks and the method's setup; on resume the
         method's state from the checkpoint."""
         cfg, method = self.config, self.method
-        self.device = resolve_device(cfg.train.device)
+        # This process's rank in a multi-process run (bench.distributed), else None.
+        self.rank = distributed.group(cfg.train.world_size)
+        self.device = distributed.rank_device(resolve_device(cfg.train.device), self.rank)
+        if self.rank is not None and cfg.train.sync_batchnorm and self.device.type != "cuda":
+            raise UserError(f"train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm); "
+                            f"this run trains on {self.device.type}")
         # In-memory datasets live on the training device: one copy, not one per batch.
         self.data = (self.given_data if self.given_data is not None
                      else load_dataset(cfg.data, self.data_root)).to(self.device)
         torch.manual_seed(cfg.seed)
         make_model = ModelMaker(cfg.model.name, self.data.num_classes,
                                 tuple(self.data.input_shape))
-        self.model = accel.to_device(method.build_model(make_model, cfg.sparsity.target),
+        self.model = accel.to_device(self._sync_bn(method.build_model(make_model,
+                                                                      cfg.sparsity.target)),
                                      self.device, tuple(self.data.input_shape))
         self.masking = Masking.attach(self.model, cfg.sparsity.layer_policy)
         self.ctx = self._context(saved is not None)
@@ -303,6 +324,8 @@ class Trainer:
         self.step = saved.step if saved is not None else 0
         self.elapsed = saved.wall_time if saved is not None else 0.0
         self.started = time.perf_counter()
+        if self.rank is not None:
+            self._vote = distributed.StopVote(self.should_stop, self.device)
 
     def _context(self, resuming: bool) -> SetupContext:
         cfg, data, device = self.config, self.data, self.device
@@ -330,7 +353,8 @@ class Trainer:
         self.ctx.resuming = resume is not None
         new_model = self.method.start_phase(index, self.model, self.ctx)
         if new_model is not self.model:
-            self.model = accel.to_device(new_model, self.device, tuple(self.data.input_shape))
+            self.model = accel.to_device(self._sync_bn(new_model), self.device,
+                                         tuple(self.data.input_shape))
             self.masking = Masking.attach(self.model, self.config.sparsity.layer_policy)
             self.method.masking = self.masking
             self.ctx.model, self.ctx.masking = self.model, self.masking
@@ -349,6 +373,26 @@ class Trainer:
         if id(self.model) not in self._compiled:
             accel.maybe_compile(self.model, phase.train)
             self._compiled.add(id(self.model))
+        # What the forward goes through: DDP in a multi-process run (wrapped last, so rank 0's
+        # state after setup, phase start and resume is broadcast), the model otherwise.
+        self.forward = (distributed.wrap(self.model, self.device) if self.rank is not None
+                        else self.model)
+
+    def _sync_bn(self, model: nn.Module) -> nn.Module:
+        """SyncBatchNorm in place of BatchNorm when a multi-process run asks for it."""
+        if self.rank is not None and self.config.train.sync_batchnorm:
+            return distributed.sync_batchnorm(model)
+        return model
+
+    def _stop_at_step(self) -> bool:
+        """Stop now? Polled after every step; in a multi-process run the ranks vote every
+        ``distributed.STOP_POLL_STEPS`` steps (a collective), so all stop at the same step."""
+        if self.rank is None:
+            return self.should_stop()
+        return self._vote.at_step(self.step)
+
+    def _stop_now(self) -> bool:
+        return self.should_stop() if self.rank is None else self._vote.now()
 
     def _train_epoch(self, phase: Phase, epoch: int, global_epoch: int,
                      partial: TrainState | None) -> tuple[torch.Tensor, int]:
@@ -363,8 +407,10 @@ class Trainer:
         per_step_lr = train.schedule_unit == "step"
         loss_fn = train_loss(train)
         skip = partial.batch if partial is not None else 0
-        loss_sum = torch.tensor(partial.loss_sum if partial is not None else 0.0,
-                                dtype=torch.float64, device=device)
+        start_loss = partial.loss_sum if partial is not None else 0.0
+        if partial is not None and self.rank is not None and partial.rank_loss_sums:
+            start_loss = partial.rank_loss_sums[self.rank.rank]
+        loss_sum = torch.tensor(start_loss, dtype=torch.float64, device=device)
         n_batches = partial.n_batches if partial is not None else 0
         bad = torch.zeros((), dtype=torch.bool, device=device)
         total_steps = steps_per_epoch * train.epochs
@@ -376,21 +422,33 @@ class Trainer:
                                     else None, start=skip, pin_memory=device.type == "cuda")
         for batch_index, (x, y) in enumerate(batches, start=skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            global_batch, weight = len(y), 1.0
+            if self.rank is not None:
+                x, y = distributed.shard(x, y, self.rank)
+                weight = distributed.shard_weight(len(y), global_batch, self.rank)
             if per_step_lr:
                 set_lr(self.optimizer, train, epoch, batch_index, steps_per_epoch)
             self.step += 1
             loss = train_step(model, self.method, self.optimizer, x, y, self.step,
                               scaler=self.scaler, amp=lambda: autocast(train, device),
-                              loss_fn=loss_fn)
-            self.train_flops += self.cost.train_flops(len(y))
+                              loss_fn=loss_fn, forward=self.forward, loss_weight=weight)
+            self.train_flops += self.cost.train_flops(global_batch)
             loss_sum += loss.double()
             bad |= ~torch.isfinite(loss)
             n_batches += 1
             if self.progress is not None:
                 self.progress(self.step, total_steps)
-            if self.should_stop() and batch_index + 1 < steps_per_epoch:
-                self._save(self._state(epoch, batch_index + 1, float(loss_sum), n_batches))
+            if self._stop_at_step() and batch_index + 1 < steps_per_epoch:
+                state = self._state(epoch, batch_index + 1, float(loss_sum), n_batches)
+                if self.rank is not None:
+                    state.rank_loss_sums = distributed.gather_floats(float(loss_sum), device)
+                self._save(state)
                 raise Interrupted(f"stopped at step {self.step}")
+        if self.rank is not None:
+            # A non-finite shard loss on any rank is the run's; the loss is the global batch's.
+            bad = torch.tensor(distributed.any_true(bool(bad), device))
+            loss_sum = torch.tensor(sum(distributed.gather_floats(float(loss_sum), device))
+                                    / self.rank.world_size, dtype=torch.float64)
         if bool(bad):
             raise Diverged(f"loss became NaN/inf in epoch {global_epoch + epoch + 1}")
         return loss_sum, n_batches
@@ -400,6 +458,12 @@ class Trainer:
         """The method's end_epoch, evaluation, the epoch's record, a checkpoint, and a stop
         when asked (``should_stop``, ``stop_after_epoch``) unless training is over."""
         self.method.end_epoch(self.model, self.optimizer, epoch)
+        if self.rank is not None and not self.rank.writes:
+            # Rank 0 evaluates, records and checkpoints; the others only agree on stopping.
+            if self._stop_now() or self._stopped_after(global_epoch + epoch + 1, last, epoch,
+                                                        phase):
+                raise Interrupted(f"stopped after epoch {global_epoch + epoch + 1}")
+            return
         metrics = evaluate(self.model, self.data, phase.train, self.device)
         record = {
             "epoch": global_epoch + epoch + 1, "phase": phase.name, "step": self.step,
@@ -413,14 +477,18 @@ class Trainer:
                           for k, v in record.items()))
         self._save(self._state(epoch + 1, 0))
         done_epochs = global_epoch + epoch + 1
-        finished = last and epoch + 1 == phase.train.epochs
-        if self.should_stop() or (self.stop_after_epoch is not None
-                                  and done_epochs >= self.stop_after_epoch and not finished):
+        if self._stop_now() or self._stopped_after(done_epochs, last, epoch, phase):
             raise Interrupted(f"stopped after epoch {done_epochs}")
+
+    def _stopped_after(self, done_epochs: int, last: bool, epoch: int, phase: Phase) -> bool:
+        finished = last and epoch + 1 == phase.train.epochs
+        return (self.stop_after_epoch is not None and done_epochs >= self.stop_after_epoch
+                and not finished)
 
     def _finish(self, last_phase: Phase) -> Outcome:
         model = self.method.finalize(self.model)
-        final = evaluate(model, self.data, last_phase.train, self.device)
+        final = (evaluate(model, self.data, last_phase.train, self.device)
+                 if self.rank is None or self.rank.writes else {})
         return Outcome(model=model, method=self.method, data=self.data, history=self.history,
                        train_flops=float(self.train_flops),
                        wall_time_s=self.elapsed + time.perf_counter() - self.started,
@@ -441,4 +509,5 @@ class Trainer:
         )
 
     def _save(self, state: TrainState) -> None:
-        checkpoint.save(self.ckpt_path, state.to_payload())
+        if self.rank is None or self.rank.writes:
+            checkpoint.save(self.ckpt_path, state.to_payload())

@@ -17,7 +17,7 @@ folder gets before it trains.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import filelock
 import torch
 
-from bench import locks, store
+from bench import distributed, locks, store
 from bench.checkpoint import folder_run_id
 from bench.config import RunConfig, from_dict, run_id, run_label, to_dict
 from bench.errors import UserError
@@ -65,23 +65,36 @@ def train_trial(
     The trainer gets `should_stop` (a stop checkpoints the trial and raises ``Interrupted``)
     and `harness` (for the trial method's own setup). The caller's global RNG state and
     thread count are left as they were. Errors other than divergence propagate and record
-    nothing, so the trial is tried again next time."""
+    nothing, so the trial is tried again next time.
+
+    In a multi-process run every rank asks for the same trials in the same order (the method's
+    setup is the same code on every rank) and they train each one together: rank 0 holds the
+    trial's lock, reads and writes its folder, and tells the others whether it is done."""
     config = resolve_hparams(config)
     rid = run_id(config)
     folder = trial_folder(root, config)
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / LOCK, should_stop or (lambda: False), rid):
-        done = read_trial(folder, rid)
+    rank = distributed.group(config.train.world_size)
+    writes = rank is None or rank.writes
+    with ExitStack() as held:
+        done = None
+        if writes:
+            folder.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_locked(folder / LOCK, should_stop or (lambda: False), rid))
+            done = read_trial(folder, rid)
+        if rank is not None:
+            done = distributed.broadcast(done)
         if done is not None:
             log(f"trial {rid}: done before, sparsity {done.sparsity}")
             return done
         log(f"trial {rid}: training in {folder}")
-        store.prepare_folder(folder, to_dict(config))  # config.json: what status reads
+        if writes:
+            store.prepare_folder(folder, to_dict(config))  # config.json: what status reads
         result = _train(config, folder, data_root, should_stop, harness)
-        store.atomic_write_json(folder / store.RESULT, {
-            "run_id": rid, "config": to_dict(config), "diverged": result.diverged,
-            "sparsity": result.sparsity})
-        (folder / store.CHECKPOINT).unlink(missing_ok=True)
+        if writes:
+            store.atomic_write_json(folder / store.RESULT, {
+                "run_id": rid, "config": to_dict(config), "diverged": result.diverged,
+                "sparsity": result.sparsity})
+            (folder / store.CHECKPOINT).unlink(missing_ok=True)
     log(f"trial {rid}: " + ("diverged" if result.diverged else f"sparsity {result.sparsity}"))
     return result
 

@@ -40,7 +40,7 @@ class Check:
     """What a field accepts beyond its type. Bounds apply to a number, or to every element of a
     tuple of numbers; `above` (`below`) names a field of the same dataclass that this one must
     exceed (stay under), strictly; `same_length` one whose tuple this one's must match in
-    length."""
+    length; `divides` an integer field that this one must divide exactly."""
 
     gt: float | None = None
     ge: float | None = None
@@ -50,6 +50,8 @@ class Check:
     above: str | None = None
     below: str | None = None
     same_length: str | None = None
+    # An integer that must divide the integer field named here (world_size -> batch_size).
+    divides: str | None = None
     # A string must match this regular expression (whole); `pattern_text` says it in words.
     pattern: str | None = None
     pattern_text: str | None = None
@@ -231,6 +233,7 @@ def _check_relations(cls: type, where: str, values: dict[str, Any], given: set[s
             (spec.above, lambda a, b: a is None or b is None or a > b, "above"),
             (spec.below, lambda a, b: a is None or b is None or a < b, "below"),
             (spec.same_length, lambda a, b: len(a) == len(b), "as long as"),
+            (spec.divides, lambda a, b: b % a == 0, "a divisor of"),
         ):
             if other is None or other not in values:
                 continue
@@ -245,6 +248,10 @@ def _check_relations(cls: type, where: str, values: dict[str, Any], given: set[s
                     shown = f"{ref_value:.6g}" if isinstance(ref_value, float) \
                         else toml_value(ref_value)
                     expected = f"a value {side} {ref} ({shown}{default})"
+                elif rule == "a divisor of":
+                    # Said of the key the user gave: a divisor of the other, or a multiple.
+                    word = "a divisor of" if key == f.name else "a multiple of"
+                    expected = f"{word} {ref} ({ref_value}{default})"
                 else:
                     expected = (f"a list as long as {ref} ({len(ref_value)} values"
                                 f"{default})")

@@ -347,3 +347,24 @@ def test_cancelled_dense_job_is_trained_once_by_its_dependents(slurm_cluster, da
     assert read_result(dense_folder) is None
     assert not (dense_folder / LOG).exists() or \
         f"run {dense_id} on" not in (dense_folder / LOG).read_text()
+
+
+def test_a_two_process_run_trains_as_one_job_of_two_tasks(slurm_cluster, data_cache, tmp_path):
+    """``train.world_size = 2`` on CPUs: one array element with two tasks (gloo ranks from
+    submitit's TorchDistributedEnvironment), the same weights and top-1 as the two processes
+    the local launcher spawns; rank 0 alone wrote the job's result."""
+    grid = write_grid(tmp_path, "ddp", methods=("set",), sparsities=(0.8,))
+    grid.write_text(grid.read_text().replace("batch_size = 50", "batch_size = 50\n"
+                                                                "world_size = 2"))
+    root = tmp_path / "root"
+    assert main(["run", str(grid), "--root", str(root), "--data-root", str(data_cache),
+                 "--executor", "slurm"]) == 0
+    wait_jobs_gone(root, slurm_cluster)
+    (run,) = load_grid(str(grid)).runs
+    entry = read_manifest(root)[run.run_id]
+    assert slurm_cluster.job_info(entry["job_id"])["NumTasks"] == "2"
+    result = read_result(run_folder(root, run.config))
+    assert result["status"] == "ok", slurm_cluster.logs()
+    local = run_one(run.config, tmp_path / "local", data_cache)
+    assert local["top1"] == result["top1"]
+    assert_same_weights(run_folder(root, run.config), run_folder(tmp_path / "local", run.config))

@@ -83,6 +83,22 @@ class RunCell(submitit.helpers.Checkpointable):
             torch.set_num_threads(self.threads)
         cfg = from_dict(config, get_method(config["method"]["name"]).Hparams)
         rid = run_id(cfg)
+        if cfg.train.world_size > 1 and submitit.JobEnvironment().num_tasks > 1:
+            # One task of a multi-task SLURM job: the tasks are the run's ranks
+            # (bench.launch.ddp); submitit says who is who and where rank 0 listens.
+            from bench import distributed
+
+            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+            distributed.init_from_env(cfg.train.device)
+            try:
+                return self._run(cfg, rid, label)
+            finally:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+        return self._run(cfg, rid, label)
+
+    def _run(self, cfg: Any, rid: str, label: str | None) -> dict[str, Any]:
         print(f"sparsebench: run {rid} -> {run_folder(Path(self.root), cfg)}", flush=True)
         with StopOnSignal(interrupt=True) as stop:
             try:

@@ -121,7 +121,8 @@ class Submission:
     arrays: list[str] = field(default_factory=list)  # array job ids, in submission order
 
 
-def _executor(root: Path, settings: SlurmSettings, name: str, dependency: str | None):
+def _executor(root: Path, settings: SlurmSettings, name: str, dependency: str | None,
+              world_size: int = 1):
     executor = submitit.SlurmExecutor(folder=root / "slurm" / "logs" / "%j",
                                       max_num_timeout=settings.max_requeues)
     params: dict[str, Any] = {
@@ -141,6 +142,9 @@ def _executor(root: Path, settings: SlurmSettings, name: str, dependency: str | 
     params.update({k: v for k, v in optional.items() if v is not None})
     if settings.gpus:
         params["gpus_per_node"] = settings.gpus
+    if world_size > 1:
+        # One task per rank (and per GPU: check_gpus), on one node; RunCell forms the group.
+        params["ntasks_per_node"] = world_size
     if settings.extra:
         params["additional_parameters"] = dict(settings.extra)
     executor.update_parameters(**params)
@@ -208,11 +212,12 @@ def _submit(runs, root, data_root, settings, retry_failed, name) -> Submission:
             if any(d in todo_ids for d in deps):
                 waiting.append(run)
                 continue
-            key = tuple(sorted({job_of[d] for d in deps if d in job_of}))
+            key = (run.config.train.world_size,
+                   *sorted({job_of[d] for d in deps if d in job_of}))
             groups.setdefault(key, []).append(run)
-        for dep_jobs, group in groups.items():
+        for (world_size, *dep_jobs), group in groups.items():
             dependency = "afterany:" + ":".join(dep_jobs) if dep_jobs else None
-            executor = _executor(root, settings, name, dependency)
+            executor = _executor(root, settings, name, dependency, world_size)
             for start in range(0, len(group), chunk):
                 part = group[start:start + chunk]
                 try:

@@ -140,3 +140,17 @@ def _check(key: str, value: Any) -> Any:
             raise ValueError(f"{name}: {v!r} should be a string, number or boolean")
         out[str(name)] = v
     return out
+
+
+def check_gpus(settings: SlurmSettings, world_sizes: set[int]) -> None:
+    """``train.world_size`` is the one source of truth for how many processes (and GPUs) a run
+    uses; ``[slurm] gpus`` must agree with it: 0 (CPU jobs, gloo) or one GPU per process.
+    Raises UserError on the first disagreement."""
+    for world in sorted(world_sizes):
+        if settings.gpus in (0, world) or (world == 1 and settings.gpus == 1):
+            continue
+        fix = (f"set gpus = {world} (or 0 to train its {world} processes on CPUs)" if world > 1
+               else f"set train.world_size = {settings.gpus} to train each run on "
+                    f"{settings.gpus} GPUs, or gpus = 1")
+        raise UserError(f"[slurm] gpus = {settings.gpus} but train.world_size = {world}: a run "
+                        f"uses one GPU per process; {fix}")
