@@ -199,10 +199,16 @@ def measure(config: RunConfig, steps: int, batch_cap: int | None,
         config = replace(config, method=replace(config.method, hparams=hp))
         notes.append("weight-decay calibration not timed")
     batch = config.train.batch_size
+    world = config.train.world_size
+    if world > 1:
+        # A multi-process run's step is one rank's share of the batch, in each rank at once.
+        batch //= world
+        notes.append(f"timed as one of {world} ranks (batch {batch}), without gradient "
+                     "communication")
     if batch_cap and batch > batch_cap:
+        notes.append(f"timed at batch {batch_cap}, scaled to {batch}")
         batch = batch_cap
-        notes.append(f"timed at batch {batch_cap}, scaled to {config.train.batch_size}")
-    timed = replace(config, train=replace(config.train, batch_size=batch))
+    timed = replace(config, train=replace(config.train, batch_size=batch, world_size=1))
     shape = data_shape(config)
     try:
         data = load_dataset(config.data, data_root)

@@ -247,3 +247,14 @@ def test_slurm_jobs_of_a_multi_process_run_get_one_task_per_rank(tmp_path):
     assert (params["ntasks_per_node"], params["gpus_per_node"]) == (4, 4)
     single = _executor(tmp_path, SlurmSettings(gpus=1), "sb", None).parameters
     assert "ntasks_per_node" not in single and single["gpus_per_node"] == 1
+
+
+def test_preflight_times_one_rank_of_a_multi_process_run(tmp_path):
+    """The preflight trains in its own process: it times one rank's share of the batch
+    (100 / 2 = 50 examples) as a one-process run instead of failing for want of a group."""
+    from bench.preflight import measure
+
+    cfg = tiny_config("static", epochs=1, world_size=2, batch_size=100)
+    out = measure(cfg, 2, None, None)
+    assert out["batch"] == 50 and out["step_s"] > 0
+    assert out["notes"] == ["timed as one of 2 ranks (batch 50), without gradient communication"]
