@@ -5,9 +5,10 @@ rank r on ``cuda:local_rank``) or N CPU processes (gloo, how the tests run it). 
 N copies one run:
 
 - **Data.** ``train.batch_size`` is the global batch. Every rank draws the same epoch order
-  and augmentation from the same (seed, epoch) generator (``bench.data.base``), loads the
-  global batch and keeps its contiguous shard (``shard``): the union over ranks of a step's
-  samples is exactly the one-process batch. Each rank's loss is scaled by its share of the
+  and augmentation from the same (seed, epoch) generator and keeps its contiguous part of
+  each batch (``bench.data.base.shard_part``): the union over ranks of a step's samples is
+  exactly the one-process batch. A file dataset loads only the rank's own examples (each
+  seeded by its index, as in one process). Each rank's loss is scaled by its share of the
   batch (``shard_weight``), so DDP's gradient average is the mean over the global batch even
   for a short last batch.
 - **Identical state.** DDP averages the gradients inside ``loss.backward()``, before the
@@ -40,6 +41,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from bench.data.base import shard_part
 
 # Steps between two all-reduces of the ranks' stop requests.
 STOP_POLL_STEPS = 10
@@ -113,21 +116,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shard_slice(n: int, rank: Rank) -> slice:
-    """Rank `rank`'s contiguous part of a global batch of `n` examples: ``torch.tensor_split``
-    sizes (the first n % W ranks one more). Raises RuntimeError when some rank would get no
-    example (a last batch shorter than the world size)."""
-    if n < rank.world_size:
-        raise RuntimeError(f"a batch of {n} examples cannot be split over {rank.world_size} "
-                           "ranks: make the training set size modulo the batch size 0 or at "
-                           "least the world size")
-    base, extra = divmod(n, rank.world_size)
-    start = rank.rank * base + min(rank.rank, extra)
-    return slice(start, start + base + (1 if rank.rank < extra else 0))
-
-
 def shard(x: torch.Tensor, y: torch.Tensor, rank: Rank) -> tuple[torch.Tensor, torch.Tensor]:
-    part = shard_slice(len(y), rank)
+    """Rank `rank`'s part of the batch (x, y) (``bench.data.base.shard_part``)."""
+    part = shard_part(len(y), rank)
     return x[part], y[part]
 
 

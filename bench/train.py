@@ -419,12 +419,14 @@ class Trainer:
         batches = self.data.batches("train", train.batch_size,
                                     epoch_generator(self.config.seed, global_epoch + epoch),
                                     self.data.batch_transform if self.config.data.augment
-                                    else None, start=skip, pin_memory=device.type == "cuda")
+                                    else None, start=skip, pin_memory=device.type == "cuda",
+                                    shard=self.rank)
         for batch_index, (x, y) in enumerate(batches, start=skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             global_batch, weight = len(y), 1.0
-            if self.rank is not None:
-                x, y = distributed.shard(x, y, self.rank)
+            if self.rank is not None:  # (x, y) is this rank's part of the batch
+                global_batch = min(train.batch_size,
+                                   self.data.train_size - batch_index * train.batch_size)
                 weight = distributed.shard_weight(len(y), global_batch, self.rank)
             if per_step_lr:
                 set_lr(self.optimizer, train, epoch, batch_index, steps_per_epoch)

@@ -90,6 +90,59 @@ def test_shards_are_disjoint_and_cover_the_global_batch():
         distributed.shard(x[:1], y[:1], ranks[1])
 
 
+class Recorded(torch.utils.data.Dataset):
+    """A map-style (file-like) dataset that records which examples were loaded."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.loaded = n, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        self.loaded.append(index)
+        return torch.tensor([float(index)]), index
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_a_file_dataset_rank_loads_only_its_own_examples(start):
+    """107 examples, batch 10 (5 per rank; the last batch of 7 -> 4 and 3), from batch
+    `start` on: the ranks' batches concatenate to the one-process batches, and each rank
+    loaded exactly the examples of its parts."""
+    whole = Recorded(107)
+    full = list(iterate_batches(whole, 10, epoch_generator(5, 2), start=start, workers=0))
+    assert len(full) == 11 - start
+    parts, loaded = [], []
+    for r in range(2):
+        ds = Recorded(107)
+        parts.append(list(iterate_batches(ds, 10, epoch_generator(5, 2), start=start,
+                                          workers=0, shard=distributed.Rank(r, 2, r))))
+        loaded.append(ds.loaded)
+    for b, (x, y) in enumerate(full):
+        assert torch.equal(torch.cat([parts[0][b][1], parts[1][b][1]]), y)
+        assert torch.equal(torch.cat([parts[0][b][0], parts[1][b][0]]), x)
+    assert [len(p[1]) for p in parts[0]][-1] == 4 and [len(p[1]) for p in parts[1]][-1] == 3
+    assert sorted(loaded[0] + loaded[1]) == sorted(whole.loaded)
+    assert not set(loaded[0]) & set(loaded[1])
+    for r in range(2):
+        assert loaded[r] == [int(i) for _, y in parts[r] for i in y]
+
+
+def test_augmented_in_memory_batches_are_shares_of_the_whole_batch_augmentation():
+    x = torch.randn(60, 1, 8)
+    ds = torch.utils.data.TensorDataset(x, torch.arange(60))
+
+    def noise(batch, g):
+        return batch + torch.randn(batch.shape, generator=g)
+
+    full = list(iterate_batches(ds, 20, epoch_generator(1, 0), noise))
+    for r in range(2):
+        part = list(iterate_batches(ds, 20, epoch_generator(1, 0), noise,
+                                    shard=distributed.Rank(r, 2, r)))
+        assert all(torch.equal(p[0], f[0][10 * r:10 * (r + 1)]) for p, f in zip(part, full,
+                                                                               strict=True))
+
+
 LAUNCH = """
 import sys
 from pathlib import Path

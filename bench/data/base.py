@@ -67,14 +67,33 @@ class DataBundle:
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None,
                 transform: BatchTransform | None = None, *, drop_last: bool = False,
-                start: int = 0, workers: int | None = None,
-                pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                start: int = 0, workers: int | None = None, pin_memory: bool = False,
+                shard: Shard | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``iterate_batches`` over ``self.train`` or ``self.test`` with this bundle's
         persistent DataLoaders for file datasets."""
         dataset = {"train": self.train, "test": self.test}[split]
         return iterate_batches(dataset, batch_size, generator, transform, drop_last,
                                start=start, workers=workers, pin_memory=pin_memory,
-                               loaders=self._loaders, key=split)
+                               loaders=self._loaders, key=split, shard=shard)
+
+
+class Shard(Protocol):
+    """One rank's part of every batch (``bench.distributed.Rank``)."""
+
+    rank: int
+    world_size: int
+
+
+def shard_part(n: int, shard: Shard) -> slice:
+    """`shard`'s contiguous part of a batch of `n` examples, in ``torch.tensor_split`` sizes
+    (the first n % W ranks one more). Raises RuntimeError when it would be empty."""
+    if n < shard.world_size:
+        raise RuntimeError(f"a batch of {n} examples cannot be split over {shard.world_size} "
+                           "ranks: make the training set size modulo the batch size 0 or at "
+                           "least the world size")
+    base, extra = divmod(n, shard.world_size)
+    start = shard.rank * base + min(shard.rank, extra)
+    return slice(start, start + base + (1 if shard.rank < extra else 0))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -151,6 +170,7 @@ def iterate_batches(
     pin_memory: bool = False,
     loaders: dict | None = None,
     key: str = "",
+    shard: Shard | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``start, start + 1, ...`` of an epoch whose order comes from `generator` (in
     order when it is None). Batches before `start` are not loaded; a `transform` with an
@@ -158,7 +178,11 @@ def iterate_batches(
     skipped batches, which are then dropped). For a file dataset, `workers` DataLoader
     processes (default ``default_workers()``) decode ahead; `pin_memory` pins their output for
     fast host-to-GPU copies; a `loaders` dict keeps the DataLoader (and its workers) alive
-    across calls under `key`."""
+    across calls under `key`.
+
+    With `shard` (a rank of a multi-process run) each batch is that rank's part of the
+    one-process batch (``shard_part``): the order and augmentation draws are the whole batch's,
+    and a file dataset without a batch transform loads only the rank's own examples."""
     n = len(dataset)  # type: ignore[arg-type]
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
@@ -176,10 +200,17 @@ def iterate_batches(
                     else:
                         transform(x_all[idx], generator)
                 continue
-            x = x_all[idx]
-            if augment:
-                x = transform(x, generator)
-            yield x, y_all[idx]
+            if shard is None:
+                x = x_all[idx]
+                if augment:
+                    x = transform(x, generator)
+                yield x, y_all[idx]
+            elif augment:  # the draws are the whole batch's
+                part = shard_part(len(idx), shard)
+                yield transform(x_all[idx], generator)[part], y_all[idx][part]
+            else:
+                idx = idx[shard_part(len(idx), shard)]
+                yield x_all[idx], y_all[idx]
         return
     dropped = 0  # batches loaded only to replay a transform that cannot advance()
     if augment and first:
@@ -189,6 +220,12 @@ def iterate_batches(
         else:
             first, dropped = 0, first // batch_size
     rest = order[first:stop]
+    # Only this rank's examples are loaded, unless a batch transform draws for the whole batch.
+    own = shard is not None and not augment
+    if own:
+        rest = torch.cat([rest[b:b + batch_size][shard_part(len(rest[b:b + batch_size]), shard)]
+                          for b in range(0, len(rest), batch_size)]) if len(rest) else rest
+        batch_size //= shard.world_size
     items = list(zip(rest.tolist(), sample_seeds(generator, rest).tolist(), strict=True))
     if not items:
         return
@@ -211,6 +248,9 @@ def iterate_batches(
         if augment:
             x = transform(x, generator)
         if index >= dropped:
+            if shard is not None and not own:
+                part = shard_part(len(y), shard)
+                x, y = x[part], y[part]
             yield x, y
 
 
