@@ -28,7 +28,7 @@ from bench.fingerprint import fingerprint
 from bench.flops import ModelCounts, count
 from bench.locks import exclusive_run
 from bench.models import build_model
-from bench.progress import RunWatch
+from bench.progress import PROGRESS, RunWatch
 from bench.store import RESULT_SCHEMA_VERSION
 from bench.train import (
     Diverged,
@@ -177,6 +177,10 @@ def finished_result(folder: Path, retry_failed: bool) -> dict[str, Any] | None:
     if existing is None:
         return None
     if existing.get("status") == "ok" or not (retry_failed or retried_by_plain_rerun(existing)):
+        if existing.get("status") == "ok":
+            # A kill between the result's write and the end of the run leaves these.
+            (folder / store.CHECKPOINT).unlink(missing_ok=True)
+            (folder / PROGRESS).unlink(missing_ok=True)
         return existing
     (folder / store.RESULT).unlink()
     if existing.get("status") != "error":
