@@ -381,7 +381,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                          allow_missing=args.allow_missing, only=only,
                          current_fingerprint=check.common_fingerprint(runs))
     if not comp.checks:
-        raise UserError(f"--only {args.only} matches no cell of {args.baseline} or {root}")
+        from bench.check.only_error import no_cell_error
+
+        raise no_cell_error(args.only, only, baseline, args.baseline, root)
     src = baseline["pinned_from"]
     print(f"baseline {args.baseline}: {len(baseline['cells'])} cells pinned from "
           f"{src.get('root')} (git {', '.join(src.get('git') or ['?'])}); current: {root}")

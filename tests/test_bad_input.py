@@ -331,3 +331,38 @@ def test_subprocess_cases(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["sparsebench run: error: argument --jobs: invalid int "
                                         "value: 'x' (see sparsebench run --help)"]
+
+
+# `check --only` that selects no cell names the key and lists the values the baseline and the
+# root have, as `run --only` does for a grid (synthetic results of tests/test_check.py: dense,
+# gmp, static, set, str; sparsities 0, 0.5, 0.9; seeds 0-2).
+CHECK_ONLY_CASES = [
+    ("check-only-unknown-method", "method=gmpp",
+     "--only method=gmpp matches no cell of {file} or {root}; their methods: dense, gmp, set, "
+     "static, str"),
+    ("check-only-sparsity-percent", "sparsity=90",
+     "--only sparsity=90 matches no cell of {file} or {root} (a fraction of zeros: 0.9 for "
+     "90%); their sparsities: 0, 0.5, 0.9"),
+    ("check-only-seed", "seed=7",
+     "--only seed=7 matches no cell of {file} or {root}; their seeds: 0, 1, 2"),
+    ("check-only-no-cell-has-all", "method=set,sparsity=0.9",
+     "--only method=set,sparsity=0.9 matches no cell of {file} or {root}: each value occurs, "
+     "but no cell has them all"),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [c[1:] for c in CHECK_ONLY_CASES],
+                         ids=[c[0] for c in CHECK_ONLY_CASES])
+def test_check_only_that_selects_nothing(tmp_path, capsys, spec, expected):
+    from tests.test_check import BASE, _root
+
+    root = _root(tmp_path / "root", list(BASE))
+    file = tmp_path / "b.json"
+    assert main(["check", "--baseline", str(file), "--root", str(root), "--pin"]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    assert main(["check", "--baseline", str(file), "--root", str(root), "--only", spec]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, expected.format(file=file, root=root))
+    assert out == ""
+    assert snapshot(tmp_path) == before
