@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -512,20 +513,32 @@ def parse_only(spec: str | None) -> dict[str, str]:
     return out
 
 
-def matches(run: GridRun, only: dict[str, str]) -> bool:
-    cfg = run.config
+def only_keeps(only: dict[str, str], *, model: str, dataset: str, methods: Collection[str],
+               sparsity: float, seeds: Collection[int]) -> bool:
+    """The one ``--only`` predicate, for grid runs (``matches``) and for finished runs and
+    baseline cells (``bench.check.baseline.only_filter``): `only` (from ``parse_only``) keeps
+    a run or cell of `model` and `dataset`, known by the names `methods` (a variant's name and
+    its method's), at target `sparsity` (within 1e-9), with one of `seeds` (a run has one, a
+    baseline cell one per seed)."""
     for key, value in only.items():
-        if key == "model" and cfg.model.name != value:
+        if key == "model" and model != value:
             return False
-        if key == "dataset" and cfg.data.name != value:
+        if key == "dataset" and dataset != value:
             return False
-        if key == "method" and value not in (run.entry, cfg.method.name):
+        if key == "method" and value not in methods:
             return False
-        if key == "sparsity" and abs(cfg.sparsity.target - float(value)) > 1e-9:
+        if key == "sparsity" and abs(sparsity - float(value)) > 1e-9:
             return False
-        if key == "seed" and cfg.seed != int(value):
+        if key == "seed" and int(value) not in seeds:
             return False
     return True
+
+
+def matches(run: GridRun, only: dict[str, str]) -> bool:
+    cfg = run.config
+    return only_keeps(only, model=cfg.model.name, dataset=cfg.data.name,
+                      methods=(run.entry, cfg.method.name), sparsity=cfg.sparsity.target,
+                      seeds=(cfg.seed,))
 
 
 ONLY_PLURALS = {"model": "models", "dataset": "datasets", "method": "methods",

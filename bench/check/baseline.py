@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench import store
 from bench.errors import UserError
+from bench.grid import only_keeps, parse_only
 from bench.report.aggregate import AGG_COLUMNS, KEYS, aggregate, normalise, order
 from bench.report.recipes import (
     base_label,
@@ -50,25 +51,18 @@ _CELL_FIELDS = {
 # --- current results --------------------------------------------------------------------------
 def only_filter(df: pd.DataFrame, only: dict[str, str], seeds_col: str | None) -> pd.DataFrame:
     """``--only`` on runs (``seeds_col`` None: a ``seed`` column) or on baseline cells (a list of
-    seeds per cell), with the same keys and matching as ``bench.grid.matches``; its values were
-    checked by ``bench.grid.parse_only``."""
-    keep = pd.Series(True, index=df.index)
-    for key, value in only.items():
-        if key == "model":
-            keep &= df["model"] == value
-        elif key == "dataset":
-            keep &= df["dataset"] == value
-        elif key == "method":
-            # A label split by recipe ('gmp [train.epochs=3]') is still its grid label's.
-            labels = df["base_label"] if "base_label" in df else df["method_label"].map(base_label)
-            keep &= (labels == value) | (df["method"] == value)
-        elif key == "sparsity":
-            keep &= (df["target_sparsity"].astype(float) - float(value)).abs() <= 1e-9
-        elif seeds_col is None:
-            keep &= df["seed"] == int(value)
-        else:
-            keep &= df[seeds_col].map(lambda seeds, s=int(value): s in seeds)
-    return df[keep]
+    seeds per cell): the rows ``bench.grid.only_keeps`` keeps, a row's names being its grid
+    label (a label split by recipe, 'gmp [train.epochs=3]', is still its grid label's) and its
+    ``method``; its values were checked by ``bench.grid.parse_only``."""
+    if not only:
+        return df
+    keep = [only_keeps(only, model=row["model"], dataset=row["dataset"],
+                       methods=(row["base_label"] if "base_label" in row
+                                else base_label(row["method_label"]), row["method"]),
+                       sparsity=float(row["target_sparsity"]),
+                       seeds=row[seeds_col] if seeds_col is not None else (row["seed"],))
+            for row in df.to_dict("records")]
+    return df[pd.Series(keep, index=df.index, dtype=bool)]
 
 
 def load_runs(root: Path, only: dict[str, str] | None = None) -> pd.DataFrame:
@@ -175,7 +169,6 @@ def _fixed_budget(method: str) -> bool:
 def pin(root: Path, only_spec: str | None = None, default_std: float | None = None,
         default_sparsity_std: float | None = None) -> tuple[dict[str, Any], list[str]]:
     """The baseline object for the results under `root`, and notes for the user."""
-    from bench.grid import parse_only
     from bench.run import versions
 
     root = Path(root)
