@@ -12,6 +12,8 @@ A cell is one recipe: runs of one label with different recipes get distinct labe
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,13 +72,29 @@ def normalise(runs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def cells(df: pd.DataFrame) -> Iterator[tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]]:
+    """The cells of normalised runs `df` (``normalise``), in KEYS order: (the cell's KEYS as a
+    row dict, all its runs, its successful runs). The one grouping behind ``aggregate`` and
+    ``bench.report.numeric.cell_stats``."""
+    for key, group in df.groupby(KEYS, sort=True, dropna=False):
+        yield dict(zip(KEYS, key, strict=True)), group, group[group["status"] == "ok"]
+
+
+def seed_stats(ok: pd.DataFrame, metric: str) -> dict[str, float]:
+    """``mean``, ``std`` (sample, ddof=1; NaN below two values), ``min`` and ``max`` of
+    `metric` over the successful runs `ok` that recorded it; NaN when none did."""
+    values = ok[metric].dropna().to_numpy(dtype=float)
+    n = len(values)
+    return {"mean": values.mean() if n else np.nan,
+            "std": values.std(ddof=1) if n > 1 else np.nan,
+            "min": values.min() if n else np.nan,
+            "max": values.max() if n else np.nan}
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (ddof=1; NaN when n == 1) and n over seeds; columns ``AGG_COLUMNS``."""
-    df = normalise(runs)
     rows = []
-    for key, group in df.groupby(KEYS, sort=True, dropna=False):
-        ok = group[group["status"] == "ok"]
-        row = dict(zip(KEYS, key, strict=True))
+    for row, group, ok in cells(normalise(runs)):
         row["is_dense"] = is_dense_row(
             group["method"].iloc[0], row["method_label"], row["target_sparsity"]
         )
@@ -84,12 +102,10 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         row["n_failed"] = len(group) - len(ok)
         row["seeds"] = " ".join(str(int(s)) for s in sorted(ok["seed"].dropna()))
         for metric in MEAN_STD:
-            values = ok[metric].dropna().to_numpy(dtype=float)
-            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
-            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            stats = seed_stats(ok, metric)
+            row[f"{metric}_mean"], row[f"{metric}_std"] = stats["mean"], stats["std"]
         for metric in MEAN_ONLY:
-            values = ok[metric].dropna().to_numpy(dtype=float)
-            row[metric] = values.mean() if len(values) else np.nan
+            row[metric] = seed_stats(ok, metric)["mean"]
         epochs = ok["epochs"].dropna()
         row["epochs"] = float(epochs.iloc[0]) if epochs.nunique() == 1 else np.nan
         row["missed_target"] = bool(ok["missed_target"].any())

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report.aggregate import KEYS, normalise
+from bench.report.aggregate import KEYS, cells, normalise, seed_stats
 from bench.report.published import Published
 
 STATS = ("mean", "std", "min", "max")
@@ -30,19 +30,13 @@ ACCURACY_COLUMNS = ["method", "target_sparsity", "source", "n", "n_failed",
 
 
 def cell_stats(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: KEYS, n, n_failed, and ``<metric>_<stat>`` for METRICS x STATS."""
-    df = normalise(runs)
+    """One row per cell: KEYS, n, n_failed, and ``<metric>_<stat>`` for METRICS x STATS (the
+    cells and statistics of ``bench.report.aggregate``)."""
     rows = []
-    for key, group in df.groupby(KEYS, sort=True, dropna=False):
-        ok = group[group["status"] == "ok"]
-        row = dict(zip(KEYS, key, strict=True))
+    for row, group, ok in cells(normalise(runs)):
         row["n"], row["n_failed"] = len(ok), len(group) - len(ok)
         for metric in METRICS:
-            values = ok[metric].dropna().to_numpy(dtype=float)
-            row[f"{metric}_mean"] = values.mean() if len(values) else np.nan
-            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-            row[f"{metric}_min"] = values.min() if len(values) else np.nan
-            row[f"{metric}_max"] = values.max() if len(values) else np.nan
+            row |= {f"{metric}_{k}": v for k, v in seed_stats(ok, metric).items()}
         rows.append(row)
     columns = KEYS + ["n", "n_failed"] + [f"{m}_{s}" for m in METRICS for s in STATS]
     return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,43 @@
+"""One grouping and one set of seed statistics behind the report's tables
+(``bench.report.aggregate.aggregate``) and its numeric CSVs (``bench.report.numeric``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench.report.aggregate import aggregate, seed_stats
+from bench.report.numeric import cell_stats
+
+
+def runs() -> pd.DataFrame:
+    rows = [("gmp", 0.9, 0, "ok", 1.0), ("gmp", 0.9, 1, "ok", 2.0), ("gmp", 0.9, 2, "ok", 4.0),
+            ("gmp", 0.9, 3, "failed", np.nan), ("static", 0.9, 0, "ok", 5.0),
+            ("static", 0.8, 0, "failed", np.nan)]
+    return pd.DataFrame([{"model": "m", "dataset": "d", "method": m, "method_label": m,
+                          "target_sparsity": t, "seed": s, "status": st, "top1": v,
+                          "top5": np.nan, "test_loss": v / 10, "achieved_sparsity": t,
+                          "epochs": 3} for m, t, s, st, v in rows])
+
+
+def test_seed_stats_by_hand():
+    stats = seed_stats(pd.DataFrame({"top1": [1.0, 2.0, np.nan, 4.0]}), "top1")
+    assert stats["mean"] == 7 / 3 and stats["min"] == 1.0 and stats["max"] == 4.0
+    assert math.isclose(stats["std"], math.sqrt(7 / 3), rel_tol=1e-15)
+    one = seed_stats(pd.DataFrame({"top1": [3.0]}), "top1")
+    assert one["mean"] == 3.0 and math.isnan(one["std"])
+    assert all(math.isnan(v) for v in seed_stats(pd.DataFrame({"top1": []}), "top1").values())
+
+
+def test_tables_and_csv_agree_cell_by_cell():
+    agg = aggregate(runs()).set_index(["method_label", "target_sparsity"])
+    stats = cell_stats(runs()).set_index(["method_label", "target_sparsity"])
+    assert sorted(agg.index) == sorted(stats.index) == [("gmp", 0.9), ("static", 0.8),
+                                                       ("static", 0.9)]
+    assert stats.loc[("gmp", 0.9), "n"] == 3 and stats.loc[("gmp", 0.9), "n_failed"] == 1
+    assert stats.loc[("static", 0.8), "n"] == 0
+    for col in ("n", "n_failed", "top1_mean", "top1_std", "test_loss_mean", "test_loss_std"):
+        pd.testing.assert_series_equal(agg[col].astype(float), stats.loc[agg.index, col]
+                                       .astype(float), check_names=False)
