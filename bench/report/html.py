@@ -26,7 +26,7 @@ import pandas as pd
 from bench import store
 from bench.report.aggregate import pct
 from bench.report.published import Published, fmt_number
-from bench.report.tables import accuracy_cell, unranked_flags
+from bench.report.tables import accuracy_cell, accuracy_grid, unranked_flags
 
 # Boolean columns of the aggregated frame shown as a badge on a cell when true: column ->
 # (badge text, CSS class). Columns that are absent are simply not shown.
@@ -159,20 +159,18 @@ def _run_links(cell_runs: pd.DataFrame, out: Path) -> str:
 def accuracy_html(section: Section, out: Path) -> str:
     """Method x target sparsity, mean ± std (n) per cell with its run links and badges;
     published rows after ours."""
-    agg, runs = section.agg, section.runs
-    targets = sorted(set(agg["target_sparsity"]) | {p.sparsity for p in section.published})
+    runs = section.runs
+    targets, ours = accuracy_grid(section.agg, section.published)
     head = "".join(f"<th>{_E(pct(t))}</th>" for t in targets)
     lines = [f"<table class=\"sortable accuracy\"><thead><tr><th>method</th>{head}</tr></thead>"
              "<tbody>"]
-    for label in dict.fromkeys(agg["method_label"]):
-        mine = agg[agg["method_label"] == label]
+    for label, by_target in ours:
         cells = [f"<td data-sort=\"{_E(str(label))}\">{_E(str(label))}</td>"]
         for target in targets:
-            at = mine[mine["target_sparsity"] == target]
-            if at.empty:
+            row = by_target.get(target)
+            if row is None:
                 cells.append("<td data-sort=\"\">—</td>")
                 continue
-            row = at.iloc[0]
             badges = _markers(row)
             css = [c for _, c in badges]
             if int(row["n"]) == 0:

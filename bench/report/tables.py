@@ -75,16 +75,29 @@ def accuracy_table(agg: pd.DataFrame, published: Sequence[Published] = ()) -> pd
     Published numbers follow our rows, one row per method and source labelled
     '<method> (published: <citation>)', in the column of the sparsity the source reports
     (a column of its own when none of our targets equals it)."""
-    labels = list(dict.fromkeys(agg["method_label"]))
-    labels += list(dict.fromkeys(p.label for p in published))
-    targets = sorted(set(agg["target_sparsity"]) | {p.sparsity for p in published})
+    targets, ours = accuracy_grid(agg, published)
+    labels = [label for label, _ in ours] + list(dict.fromkeys(p.label for p in published))
     table = pd.DataFrame(None, index=labels, columns=[pct(t) for t in targets], dtype=object)
-    for _, row in agg.iterrows():
-        table.loc[row["method_label"], pct(row["target_sparsity"])] = accuracy_cell(row)
+    for label, by_target in ours:
+        for target, row in by_target.items():
+            table.loc[label, pct(target)] = accuracy_cell(row)
     for p in published:
         table.loc[p.label, pct(p.sparsity)] = fmt_number(p.top1)
     table.index.name = "method"
     return table
+
+
+def accuracy_grid(agg: pd.DataFrame, published: Sequence[Published] = ()
+                  ) -> tuple[list[float], list[tuple[str, dict[float, pd.Series]]]]:
+    """The accuracy table's layout, the one source of its Markdown/CSV/LaTeX form
+    (``accuracy_table``) and its HTML form (``bench.report.html.accuracy_html``): the target
+    sparsity columns (ours and the published ones, increasing) and our rows, each method label
+    in `agg`'s order with its aggregated cell (a row of `agg`) per target it has."""
+    targets = sorted(set(agg["target_sparsity"]) | {p.sparsity for p in published})
+    ours: dict[str, dict[float, pd.Series]] = {}
+    for _, row in agg.iterrows():
+        ours.setdefault(row["method_label"], {}).setdefault(row["target_sparsity"], row)
+    return targets, list(ours.items())
 
 
 # Long form: (source column, display header, formatter for Markdown/LaTeX).
