@@ -41,18 +41,11 @@ sparsity 0. Grids are parsed, never evaluated.
 
 from __future__ import annotations
 
-import re
-import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from bench.config import (
     DataConfig,
@@ -67,6 +60,8 @@ from bench.config import (
 from bench.data import get_dataset_spec
 from bench.errors import UserError
 from bench.models import get_model_spec
+from bench.toml_lines import load as load_toml
+from bench.toml_lines import locate, mention
 from bench.validation import check_values, toml_value
 from methods import get_method
 
@@ -124,63 +119,6 @@ def resolve_grid_path(spec: str) -> Path:
                     f"built-in: {', '.join(sorted(grids))}")
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """The line that defines `key` (as a key or table), else the first that quotes it."""
-    k = re.escape(key)
-    patterns = [rf"^\s*(\[[^\]]*\b{k}\b[^\]]*\]|\"?{k}\"?\s*=)", rf"[\"']{k}[\"']", rf"\b{k}\b"]
-    lines = text.splitlines()
-    for pattern in patterns:
-        for number, line in enumerate(lines, start=1):
-            if re.search(pattern, line):
-                return number
-    return None
-
-
-def _toml_path(fragment: str) -> tuple[str, ...] | None:
-    """The key path a TOML table header or dotted key spells (quotes and dots as TOML reads
-    them), e.g. '[method."gmp-lr0.05"]' -> ("method", "gmp-lr0.05")."""
-    try:
-        node: Any = tomllib.loads(fragment)
-    except tomllib.TOMLDecodeError:
-        return None
-    keys: list[str] = []
-    while isinstance(node, dict) and len(node) == 1:
-        key, node = next(iter(node.items()))
-        keys.append(key)
-    return tuple(keys)
-
-
-_HEADER = re.compile(r"^\s*(\[[^\[\]]*(?:\[[^\]]*\][^\[\]]*)*\])\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
-                  r"""(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
-
-
-def locate(text: str, path: tuple[str, ...]) -> int | None:
-    """The line that defines `path` (a table header, a key, a dotted key), or failing that the
-    longest prefix of it that the file defines (a value inside an inline table is found at its
-    table's key)."""
-    best, best_len = None, 0
-    table: tuple[str, ...] = ()
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header and not line.lstrip().startswith("[["):
-            found = _toml_path(header.group(1))
-            if found is None:
-                continue
-            table = defined = found
-        else:
-            key = _KEY.match(line)
-            if not key:
-                continue
-            keys = _toml_path(f"{key.group(1)} = 0")
-            if keys is None:
-                continue
-            defined = table + keys
-        if len(defined) > best_len and path[:len(defined)] == defined:
-            best, best_len = number, len(defined)
-    return best
-
-
 class _Where:
     """Builds 'file:line: message' errors for a grid file."""
 
@@ -188,7 +126,7 @@ class _Where:
         self.path, self.text = path, text
 
     def error(self, key: str, message: str) -> UserError:
-        line = _line_of(self.text, key)
+        line = mention(self.text, key)
         return UserError(f"{self.path}:{line if line else 1}: {message}")
 
     def at(self, path: tuple[str, ...], message: str) -> UserError:
@@ -209,13 +147,7 @@ def load_grid(spec: str) -> Grid:
         line = raw[:exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: the grid file is not UTF-8 text (byte "
                         f"0x{raw[exc.start]:02x}); save it as UTF-8, as TOML requires") from None
-    try:
-        body = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        line = match.group(1) if match else "1"
-        raise UserError(f"{path}:{line}: malformed grid: {exc}") from None
-    return expand(body, path, text)
+    return expand(load_toml(text, path, "grid"), path, text)
 
 
 def _section(cls: type, values: Any, where: _Where, key: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.toml_lines import locate
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,11 @@ def parse_time(value: Any) -> int:
 
 
 def _line(path: str | None, key: str) -> str:
-    """'file:line' of `key` inside the grid's [slurm] table."""
+    """'file:line' of `key` inside the grid's [slurm] table (just 'file' when it is not there)."""
     if not path or not Path(path).exists():
         return "[slurm]"
-    in_table = False
-    for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
-        if re.match(r"\s*\[", text):
-            in_table = re.match(r"\s*\[\s*slurm\s*\]", text) is not None
-        elif in_table and re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", text):
-            return f"{path}:{number}"
-    return f"{path}"
+    line = locate(Path(path).read_text(), ("slurm", key), exact=True)
+    return f"{path}:{line}" if line else f"{path}"
 
 
 def slurm_settings(table: dict[str, Any] | None, overrides: dict[str, Any] | None = None,

@@ -10,18 +10,13 @@ published number in our registry's model / dataset / method names. Every problem
 from __future__ import annotations
 
 import math
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the pinned interpreter is 3.11
-    import tomli as tomllib
+from bench.toml_lines import load as load_toml
+from bench.toml_lines import locate
 
 # The repository's baselines/ folder; absent from a non-editable install, which then simply
 # has no published numbers.
@@ -66,49 +61,26 @@ class Published:
 
 
 class _Lines:
-    """Finds the line of a key inside the n-th ``[[published]]`` or a ``[source.<key>]``
-    table; falls back to the table's header, then to line 1."""
-
-    _HEADER = re.compile(r"^\s*\[")
+    """The ``file:line`` of errors in the published-numbers file: the line of a key inside the
+    n-th ``[[published]]`` or a ``[source.<key>]`` table, else the table's header, else line 1
+    (``bench.toml_lines.locate``)."""
 
     def __init__(self, path: Path, text: str):
-        self.path = path
-        self.lines = text.splitlines()
-        self.entries = [i for i, line in enumerate(self.lines)
-                        if re.match(r"^\s*\[\[\s*published\s*\]\]", line)]
+        self.path, self.text = path, text
 
-    def _block(self, start: int | None) -> tuple[int | None, int]:
-        if start is None:
-            return None, 0
-        end = next((j for j in range(start + 1, len(self.lines))
-                    if self._HEADER.match(self.lines[j])), len(self.lines))
-        return start, end
-
-    def _find(self, start: int | None, key: str | None) -> int:
-        first, end = self._block(start)
-        if first is None:
-            return 1
-        if key is not None:
-            pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
-            for j in range(first + 1, end):
-                if pattern.match(self.lines[j]):
-                    return j + 1
-        return first + 1
+    def _at(self, *path: str | int | None) -> int:
+        return locate(self.text, tuple(p for p in path if p is not None)) or 1
 
     def entry(self, index: int, key: str | None, message: str) -> UserError:
-        start = self.entries[index] if index < len(self.entries) else None
-        return UserError(f"{self.path}:{self._find(start, key)}: published entry "
+        return UserError(f"{self.path}:{self._at('published', index, key)}: published entry "
                          f"{index + 1}: {message}")
 
     def source(self, name: str, key: str | None, message: str) -> UserError:
-        header = re.compile(rf"^\s*\[\s*source\s*\.\s*[\"']?{re.escape(name)}[\"']?\s*\]")
-        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
-        return UserError(f"{self.path}:{self._find(start, key)}: source {name!r}: {message}")
+        return UserError(f"{self.path}:{self._at('source', name, key)}: source {name!r}: "
+                         f"{message}")
 
     def top(self, key: str, message: str) -> UserError:
-        pattern = re.compile(rf"^\s*\[*\s*{re.escape(key)}\b")
-        line = next((i + 1 for i, text in enumerate(self.lines) if pattern.match(text)), 1)
-        return UserError(f"{self.path}:{line}: {message}")
+        return UserError(f"{self.path}:{self._at(key)}: {message}")
 
 
 def _names() -> dict[str, list[str]]:
@@ -135,13 +107,7 @@ def load(path: Path | None = None) -> list[Published]:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"cannot read published numbers {path}: {exc.strerror or exc}") from None
-    try:
-        body = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise UserError(f"{path}:{match.group(1) if match else 1}: malformed published "
-                        f"numbers file: {exc}") from None
-    return parse(body, _Lines(path, text))
+    return parse(load_toml(text, path, "published numbers file"), _Lines(path, text))
 
 
 def parse(body: dict[str, Any], where: _Lines) -> list[Published]:
