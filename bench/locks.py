@@ -24,16 +24,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
-def hold(path: Path, waiting: str) -> Iterator[None]:
-    """Hold the lock file `path`; when another process holds it, print `waiting` and wait."""
+def hold(path: Path, waiting: str | None, *, should_stop: Callable[[], bool] | None = None,
+         stopped: Callable[[], BaseException] = RuntimeError, poll_s: float = 1.0
+         ) -> Iterator[None]:
+    """Hold the lock file `path`; when another process holds it, print `waiting` (unless None)
+    and wait. With `should_stop`, the wait asks it every `poll_s` seconds and raises
+    ``stopped()`` once it says stop: a run asked to stop (preemption) is never stuck behind
+    another process's lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, is_singleton=False, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"sparsebench: {waiting}", flush=True)
-        lock.acquire()
+        if waiting is not None:
+            print(f"sparsebench: {waiting}", flush=True)
+        while True:
+            try:
+                lock.acquire(timeout=-1 if should_stop is None else poll_s)
+                break
+            except Timeout:
+                if should_stop is not None and should_stop():
+                    raise stopped() from None
     try:
         yield
     finally:

@@ -16,13 +16,12 @@ folder gets before it trains.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
 import torch
 
 from bench import distributed, locks, store
@@ -79,7 +78,10 @@ def train_trial(
         done = None
         if writes:
             folder.mkdir(parents=True, exist_ok=True)
-            held.enter_context(_locked(folder / LOCK, should_stop or (lambda: False), rid))
+            held.enter_context(locks.hold(
+                folder / LOCK, None, should_stop=should_stop or (lambda: False),
+                stopped=lambda: Interrupted(f"stopped while waiting for trial {rid}"),
+                poll_s=LOCK_POLL_S))
             done = read_trial(folder, rid)
         if rank is not None:
             done = distributed.broadcast(done)
@@ -176,21 +178,3 @@ def _read_config(folder: Path) -> RunConfig | None:
         if run_id(config) == folder_run_id(folder / name):
             return config
     return None
-
-
-@contextmanager
-def _locked(path: Path, should_stop: Callable[[], bool], rid: str) -> Iterator[None]:
-    """Hold the trial's lock; while another process holds it, wait, and give up with
-    ``Interrupted`` when this run is asked to stop."""
-    lock = filelock.FileLock(path)
-    while True:
-        try:
-            lock.acquire(timeout=LOCK_POLL_S)
-            break
-        except filelock.Timeout:
-            if should_stop():
-                raise Interrupted(f"stopped while waiting for trial {rid}") from None
-    try:
-        yield
-    finally:
-        lock.release()
