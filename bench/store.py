@@ -441,10 +441,15 @@ def load(root: Path):
     result.json), then the run's config flattened by ``config_columns``, sorted by name
     (``data.name``, ``method.end_fraction``, ``train.lr``, ...; NaN where a run's method has no
     such hyperparameter)."""
+    return results_frame(list(iter_results(root)))
+
+
+def results_frame(results: list[tuple[Path, dict[str, Any]]]):
+    """``load``'s DataFrame from (folder, result) pairs already read (``iter_results``)."""
     import pandas as pd
 
     rows, flat = [], []
-    for folder, result in iter_results(root):
+    for folder, result in results:
         rows.append(result_row(folder, result))
         flat.append(config_columns(result.get("config") or {}))
     extra = sorted({key for row in flat for key in row} - set(COLUMNS))

@@ -41,3 +41,23 @@ def test_tables_and_csv_agree_cell_by_cell():
     for col in ("n", "n_failed", "top1_mean", "top1_std", "test_loss_mean", "test_loss_std"):
         pd.testing.assert_series_equal(agg[col].astype(float), stats.loc[agg.index, col]
                                        .astype(float), check_names=False)
+
+
+def test_the_report_reads_the_run_folders_once(tmp_path, monkeypatch):
+    from bench import store
+    from bench.report import recipes
+
+    for i in range(2):  # failed runs: a result without counts and metrics
+        folder = tmp_path / "runs" / f"m-d-gmp-s90-seed{i}-00000000000{i}"
+        folder.mkdir(parents=True)
+        store.atomic_write_json(folder / store.RESULT, {
+            "schema": 1, "run_id": f"00000000000{i}", "status": "failed", "error": "boom",
+            "config": {"model": {"name": "m"}, "data": {"name": "d"}, "seed": i,
+                       "method": {"name": "gmp"}, "sparsity": {"target": 0.9}}})
+    scans = []
+    real = store.iter_results
+    monkeypatch.setattr(store, "iter_results", lambda root: scans.append(root) or real(root))
+    runs = recipes.load(tmp_path)
+    assert scans == [tmp_path]
+    assert list(runs["run_id"]) == ["000000000000", "000000000001"]
+    assert runs["recipe"].notna().all()

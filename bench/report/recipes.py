@@ -72,9 +72,10 @@ def load(root: Path) -> pd.DataFrame:
     """``store.load`` plus what the report and check judge by, read from each result.json:
     ``recipe``, ``recipe_fields``, ``fingerprint`` (JSON text), ``num_classes``,
     ``test_examples`` and ``calibration_converged`` (None where a result predates them)."""
-    runs = store.load(root)
+    results = list(store.iter_results(root))  # one scan: its warnings are said once
+    runs = store.results_frame(results)
     extra: dict[str, dict[str, Any]] = {}
-    for folder, result in store.iter_results(root):
+    for folder, result in results:
         fp = result.get("fingerprint")
         extra[str(folder)] = {
             "recipe": recipe_id(result.get("config")),
