@@ -61,3 +61,13 @@ def test_the_report_reads_the_run_folders_once(tmp_path, monkeypatch):
     assert scans == [tmp_path]
     assert list(runs["run_id"]) == ["000000000000", "000000000001"]
     assert runs["recipe"].notna().all()
+
+
+def test_one_error_line_for_markdown_and_html():
+    from bench.report.tables import error_line
+
+    assert error_line(None) == error_line(float("nan")) == error_line("  ") == "(no reason)"
+    assert error_line("RuntimeError: boom\n  at line 3") == "RuntimeError: boom"
+    assert error_line("x" * 160) == "x" * 160
+    assert error_line("x" * 161) == "x" * 159 + "…"
+    assert error_line("x" * 201, 200) == "x" * 199 + "…"

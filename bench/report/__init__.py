@@ -51,7 +51,13 @@ from bench.report.plots import (
     with_relative_train_flops,
 )
 from bench.report.recipes import load as load_runs
-from bench.report.tables import accuracy_table, to_markdown, write_accuracy, write_summary
+from bench.report.tables import (
+    accuracy_table,
+    error_line,
+    to_markdown,
+    write_accuracy,
+    write_summary,
+)
 
 __all__ = ["write_report", "aggregate"]
 
@@ -299,7 +305,7 @@ def _index(runs: pd.DataFrame, root: str, sections, tmp: Path) -> str:
             "method": failed["method_label"].fillna(failed["method"]),
             "sparsity": [pct(t) if pd.notna(t) else "?" for t in failed["target_sparsity"]],
             "seed": failed["seed"],
-            "error": [_first_line(e) for e in failed["error"]],
+            "error": [error_line(e) for e in failed["error"]],
         })
         lines += [to_markdown(table, index=False)]
     notes = mixed_settings(runs)
@@ -329,10 +335,3 @@ def _files(stem: str, names: dict[str, str]) -> str:
 
 def _links(stem: str, exts: tuple[str, ...], names: dict[str, str]) -> str:
     return f"{stem} (" + " · ".join(f"[{ext}]({names[stem + '.' + ext]})" for ext in exts) + ")"
-
-
-def _first_line(error: object, limit: int = 160) -> str:
-    if error is None or (isinstance(error, float) and error != error) or not str(error).strip():
-        return "(no reason)"
-    text = str(error).strip().splitlines()[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"

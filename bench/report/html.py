@@ -26,7 +26,7 @@ import pandas as pd
 from bench import store
 from bench.report.aggregate import pct
 from bench.report.published import Published, fmt_number
-from bench.report.tables import accuracy_cell, accuracy_grid, unranked_flags
+from bench.report.tables import accuracy_cell, accuracy_grid, error_line, unranked_flags
 
 # Boolean columns of the aggregated frame shown as a badge on a cell when true: column ->
 # (badge text, CSS class). Columns that are absent are simply not shown.
@@ -259,7 +259,7 @@ def section_html(section: Section, out: Path) -> str:
             f"<tr><td>{_E(str(r.method_label))}</td>"
             f"<td data-sort=\"{_sort_value(r.target_sparsity)}\">{_E(pct(r.target_sparsity))}</td>"
             f"<td>{_E(str(r.seed))}</td>"
-            f"<td>{_E(_first_line(r.error))}</td>"
+            f"<td>{_E(error_line(r.error, 200))}</td>"
             f"<td><a href=\"{_E(_rel(Path(r.path) / store.RESULT, out))}\">result</a> · "
             f"<a href=\"{_E(_rel(Path(r.path) / store.LOG, out))}\">log</a></td></tr>"
             for r in failed.itertuples()
@@ -270,12 +270,6 @@ def section_html(section: Section, out: Path) -> str:
                   f"<tbody>{rows}</tbody></table>"]
     parts.append("</section>")
     return "\n".join(parts)
-
-
-def _first_line(error: object) -> str:
-    if error is None or (isinstance(error, float) and math.isnan(error)) or not str(error).strip():
-        return "(no reason)"
-    return str(error).strip().splitlines()[0][:200]
 
 
 _LEGEND = {

@@ -45,6 +45,15 @@ def accuracy_cell(row: pd.Series, reasons: bool = True) -> str:
     return text + ("".join(f", {flag}" for flag in unranked_reasons(row)) if reasons else "")
 
 
+def error_line(error: object, limit: int = 160) -> str:
+    """A failed run's reason in one line for a table (Markdown and HTML): the first line of
+    `error`, cut to `limit` characters with an ellipsis; '(no reason)' when it has none."""
+    if error is None or (isinstance(error, float) and math.isnan(error)) or not str(error).strip():
+        return "(no reason)"
+    text = str(error).strip().splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def unranked_reasons(row: pd.Series) -> list[str]:
     """Why a cell with finished seeds is not ranked (empty when it is)."""
     return [text for _, text in unranked_flags(row)]
