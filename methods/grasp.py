@@ -42,6 +42,7 @@ from torch import nn
 from bench.config import check
 from bench.models.inits import grasp_init
 from methods.base import Batch, MaskedMethod, SetupContext
+from methods.examples import Example, passes
 from methods.masking import PRUNABLE_TYPES, Masking
 from methods.selection import kth_largest
 
@@ -55,24 +56,6 @@ class GraSPHparams:
     temperature: float = field(default=200.0, metadata=check(gt=0))
     reinit_linear: bool = True
     reference_init: bool = True
-
-
-Example = tuple[int, int, torch.Tensor, torch.Tensor]
-
-
-def passes(batches: Callable[[], Iterator[Batch]]) -> Iterator[Example]:
-    """(pass number, index in the pass, x, y) for every example, one at a time, re-iterating
-    the data endlessly."""
-    pass_no = 0
-    while True:
-        index = 0
-        for x, y in batches():
-            for i in range(len(y)):
-                yield pass_no, index, x[i : i + 1], y[i : i + 1]
-                index += 1
-        if index == 0:
-            raise ValueError("the training data is empty")
-        pass_no += 1
 
 
 def fetch_per_class(stream: Iterator[Example], num_classes: int,

@@ -38,6 +38,7 @@ from torch import nn
 
 from bench.config import check
 from methods.base import Batch, MaskedMethod, SetupContext
+from methods.examples import passes
 from methods.masking import Masking, kept_count, layer_densities
 from methods.selection import top_k
 
@@ -49,23 +50,10 @@ class SNIPHparams:
     independent_init: bool = True
 
 
-def example_stream(batches: Callable[[], Iterator[Batch]]) -> Iterator[Batch]:
-    """Every training example once per pass, one at a time (as 1-row batches), cycling over
-    the data again when a pass ends, like an endlessly re-iterated data loader."""
-    while True:
-        seen = 0
-        for x, y in batches():
-            for i in range(len(y)):
-                seen += 1
-                yield x[i : i + 1], y[i : i + 1]
-        if seen == 0:
-            raise ValueError("the training data is empty")
-
-
 def take_examples(batches: Callable[[], Iterator[Batch]], n: int) -> Batch:
     """The first `n` training examples in the setup order (cycling if the data is smaller)."""
     xs, ys = [], []
-    for (x, y), _ in zip(example_stream(batches), range(n), strict=False):
+    for (_, _, x, y), _ in zip(passes(batches), range(n), strict=False):
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
