@@ -71,7 +71,12 @@ def get_method(name: str) -> type[Method]:
 
 
 def all_methods() -> dict[str, type[Method]]:
-    """Every registered method, name -> class (imports them all); the same dict every call."""
+    """Every registered method, name -> class (imports them all), in the registry's order
+    whichever was loaded first, then plug-ins; the same dict every call."""
     for name in METHODS:
         _load(name)
+    if list(_LOADED)[:len(METHODS)] != list(METHODS):
+        loaded = dict(_LOADED)
+        _LOADED.clear()
+        _LOADED.update({name: loaded[name] for name in METHODS} | loaded)
     return _LOADED

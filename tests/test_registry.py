@@ -27,6 +27,14 @@ def test_every_entry_names_its_class_and_the_package_reexports_them():
     assert methods.get_method("gmp") is classes["gmp"]
 
 
+def test_the_registry_keeps_its_order_whichever_method_was_loaded_first():
+    code = ("from methods.registry import METHODS, all_methods, get_method; get_method('set'); "
+            "get_method('gmp'); print(list(all_methods()) == list(METHODS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "True"
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown method 'nope'; valid: deepr, dense, dsr"):
         get_method("nope")
