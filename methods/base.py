@@ -134,6 +134,19 @@ class Phase:
     train: TrainConfig
 
 
+def variant_name(name: str, variant: str) -> str:
+    """A method's name for one of its variants: the name itself for the paper's ("paper"),
+    else ``<name>-<variant>`` (SET's and DeepR's variants)."""
+    return name if variant == "paper" else f"{name}-{variant}"
+
+
+def distribution_label(name: str, config: RunConfig, default: str | None) -> str:
+    """`name`, plus the run's density distribution when it is neither "default" nor `default`
+    (the one `name` uses by default): the rule of every ``Method.label``."""
+    d = config.sparsity.distribution
+    return name if d in ("default", default) else f"{name}-{d}"
+
+
 class Method:
     """Base class. Subclasses set ``name`` and ``Hparams`` and override hooks as needed."""
 
@@ -175,10 +188,9 @@ class Method:
     def label(cls, config: RunConfig) -> str:
         """The name tables and plots use: method name, plus the distribution when it is not
         the method's default (so static-uniform and static-ERK are separate lines)."""
-        d = config.sparsity.distribution
-        if d in ("default", cls.default_distribution) or not cls.uses_sparsity:
+        if not cls.uses_sparsity:
             return cls.name
-        return f"{cls.name}-{d}"
+        return distribution_label(cls.name, config, cls.default_distribution)
 
     # --- hooks --------------------------------------------------------------------------
     def build_model(self, make_model: ModelMaker, target: float) -> nn.Module:

@@ -65,7 +65,7 @@ from torch import nn
 
 from bench.config import RunConfig, check
 from bench.errors import UserError
-from methods.base import MaskedMethod, SetupContext
+from methods.base import MaskedMethod, SetupContext, distribution_label, variant_name
 from methods.masking import FlatLayers
 from methods.rewiring import DeviceRNG, sample_in_segments, segmented_random_choice
 from methods.schedules import (
@@ -117,9 +117,8 @@ class DeepR(MaskedMethod):
     @classmethod
     def label(cls, config: RunConfig) -> str:
         hp = config.method.hparams if config.method.hparams is not None else DeepRHparams()
-        name = cls.name if hp.variant == "paper" else f"{cls.name}-{hp.variant}"
-        d = config.sparsity.distribution
-        return name if d in ("default", cls.default_distribution) else f"{name}-{d}"
+        return distribution_label(variant_name(cls.name, hp.variant), config,
+                                  cls.default_distribution)
 
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)

@@ -52,7 +52,7 @@ from torch import nn
 
 from bench.config import RunConfig, check
 from bench.errors import UserError
-from methods.base import MaskedMethod, SetupContext
+from methods.base import MaskedMethod, SetupContext, distribution_label, variant_name
 from methods.rewiring import DeviceRNG
 from methods.schedules import (
     DSR_REF_N_PRUNE,
@@ -117,11 +117,8 @@ class SET(MaskedMethod):
     @classmethod
     def label(cls, config: RunConfig) -> str:
         hp = config.method.hparams if config.method.hparams is not None else SETHparams()
-        name = cls.name if hp.variant == "paper" else f"{cls.name}-{hp.variant}"
-        d = config.sparsity.distribution
-        if d in ("default", VARIANT_DISTRIBUTION.get(hp.variant)):
-            return name
-        return f"{name}-{d}"
+        return distribution_label(variant_name(cls.name, hp.variant), config,
+                                  VARIANT_DISTRIBUTION.get(hp.variant))
 
     def setup(self, ctx: SetupContext) -> None:
         super().setup(ctx)
