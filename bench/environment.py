@@ -8,10 +8,10 @@ run`` exits 2 with nothing written, instead of recording each run as failed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from bench import store
 from bench.data import check_dataset
 from bench.errors import UserError
 
@@ -27,7 +27,7 @@ def check_root(root: Path, out: Path | None = None) -> None:
         if not root.is_dir():
             raise UserError(f"output root {root} is a file, not a folder; pass --root DIR or set "
                             "SPARSEBENCH_ROOT")
-        if not os.access(root, os.W_OK | os.X_OK):
+        if not store.writable_folder(root):
             raise UserError(f"output root {root} is not writable; pass --root DIR or set "
                             "SPARSEBENCH_ROOT")
         for name in ROOT_FOLDERS:
@@ -36,10 +36,8 @@ def check_root(root: Path, out: Path | None = None) -> None:
                 raise UserError(f"{sub} is a file, but {root} keeps its {name} there in a "
                                 "folder: move the file away")
     else:
-        parent = root.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        parent = store.creation_parent(root)
+        if not store.writable_folder(parent):
             raise UserError(f"output root {root} is not writable (cannot create it under "
                             f"{parent}); pass --root DIR or set SPARSEBENCH_ROOT")
     if out is not None and Path(out).exists() and not Path(out).is_dir():

@@ -151,6 +151,20 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def writable_folder(path: Path) -> bool:
+    """Whether `path` is a folder this process may create files in."""
+    return Path(path).is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def creation_parent(path: Path) -> Path:
+    """The nearest existing ancestor of a missing `path`: the folder creating it starts in
+    (``writable_folder`` of it says whether that can succeed)."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
 def runs_dir(root: Path) -> Path:
     return Path(root) / "runs"
 

@@ -107,10 +107,8 @@ def check(cfg: DataConfig, root: Path) -> None:
         if not os.access(path, os.R_OK):
             raise UserError(f"the MNIST-1D cache {path} is not readable")
         return
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    folder = store.creation_parent(path)
+    if not store.writable_folder(folder):
         raise UserError(f"cannot write the MNIST-1D cache under {root}: {folder} is not a "
                         "writable folder; point --data-root / SPARSEBENCH_DATA at one")
 
