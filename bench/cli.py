@@ -178,11 +178,9 @@ def _dry_run(args: argparse.Namespace, grid, runs, root: Path, data_root: Path |
     done = {r.run_id for r in todo.done}
     added = {r.run_id for r in todo.added}
     for run in [*todo.done, *todo.order]:
-        cfg = run.config
         state = "  (done)" if run.run_id in done else (
             "  (needed by the grid's runs)" if run.run_id in added else "")
-        print(f"{run.run_id}  {cfg.model.name:14s} {cfg.data.name:10s} {run.entry:14s} "
-              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{state}")
+        print(f"{run.run_id}  {_run_line(run)}{state}")
     print(f"{len(runs)} runs in grid {grid.name}{_added(todo.added)}: {len(todo.done)} "
           f"already done, {len(todo.order)} to train")
     return 0
@@ -301,7 +299,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = dict.fromkeys(STATES, 0)
     for st in states:
         counts[st.state] += 1
-        cfg = st.run.config
         job = f"  job {st.job_id}" if st.job_id and st.state != "done" else ""
         detail = f"  {st.detail}" if st.detail else ""
         log = f"  (log: {st.log})" if st.log and st.state in ("failed", "partial", "corrupt") \
@@ -309,8 +306,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         trials = f"  trials: {_trial_counts(st.trials)}" if st.trials else ""
         if args.quiet:
             continue
-        print(f"{st.state:8s} {cfg.model.name:14s} {cfg.data.name:10s} {st.run.entry:14s} "
-              f"s={cfg.sparsity.target:<5g} seed={cfg.seed}{job}{detail}{trials}{log}")
+        print(f"{st.state:8s} {_run_line(st.run)}{job}{detail}{trials}{log}")
     # queued/running only when SLURM was asked (or a local run is training now); corrupt when
     # there is one.
     shown = [k for k in STATES if counts[k] or (k not in ("queued", "running", "corrupt")
@@ -320,6 +316,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if trials:  # shared by several runs: each counted once
         print(f"calibration trials: {_trial_counts(list(trials.values()))}")
     return 0
+
+
+def _run_line(run) -> str:
+    """A grid run (``GridRun``) in the columns every per-run listing uses (dry run, status)."""
+    cfg = run.config
+    return (f"{cfg.model.name:14s} {cfg.data.name:10s} {run.entry:14s} "
+            f"s={cfg.sparsity.target:<5g} seed={cfg.seed}")
 
 
 def _trial_counts(trials: list) -> str:
