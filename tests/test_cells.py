@@ -71,3 +71,14 @@ def test_one_error_line_for_markdown_and_html():
     assert error_line("x" * 160) == "x" * 160
     assert error_line("x" * 161) == "x" * 159 + "…"
     assert error_line("x" * 201, 200) == "x" * 199 + "…"
+
+
+def test_mixed_settings_names_the_cells_whose_finished_seeds_differ():
+    from bench.report.aggregate import mixed_settings
+
+    df = runs()
+    df.loc[1, "epochs"] = 5  # gmp seed 1 ran another recipe
+    df.loc[3, "epochs"] = 7  # a failed seed does not count
+    df["layer_policy"], df["distribution"] = "all", "default"
+    assert mixed_settings(df) == ["m/d gmp at 90%: runs mix epochs = 3, 5"]
+    assert mixed_settings(runs().assign(layer_policy="all", distribution="default")) == []

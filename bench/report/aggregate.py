@@ -135,13 +135,12 @@ def order(agg: pd.DataFrame) -> pd.DataFrame:
 
 def mixed_settings(runs: pd.DataFrame) -> list[str]:
     """One line per group whose successful seeds differ in a setting other than the seed."""
-    df = normalise(runs)
     notes = []
-    for key, group in df[df["status"] == "ok"].groupby(KEYS, sort=True, dropna=False):
+    for cell, _, ok in cells(normalise(runs)):
         for col in _SETTINGS:
-            values = sorted({str(v) for v in group[col].dropna()})
+            values = sorted({str(v) for v in ok[col].dropna()})
             if len(values) > 1:
-                model, dataset, label, target = key
+                model, dataset, label, target = (cell[k] for k in KEYS)
                 notes.append(
                     f"{model}/{dataset} {label} at {pct(target)}: runs mix {col} = "
                     f"{', '.join(values)}"
