@@ -124,7 +124,7 @@ class RunConfig:
             value = getattr(self, f.name)
             if f.name == "method":
                 if value.hparams is not None:
-                    validate(value.hparams, f"method.{value.name}")
+                    validate_hparams(value.name, value.hparams)
             elif is_dataclass(value):
                 validate(value, f.name)
             else:
@@ -166,6 +166,14 @@ def canonical_json(config: RunConfig) -> str:
     # The method name is always part of the identity, even for the default method.
     body.setdefault("method", {})["name"] = config.method.name
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def validate_hparams(method: str, hparams: Any) -> None:
+    """Check hyperparameters of `method` built in code against their fields' types and
+    ``check`` metadata (``bench.validation``), as ``RunConfig.validate`` checks a run's: the one
+    rule set, which methods never restate by hand. Raises UserError naming
+    ``method.<method>.<key>``, the value and what is valid."""
+    validate(hparams, f"method.{method}")
 
 
 def run_id(config: RunConfig) -> str:

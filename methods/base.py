@@ -44,13 +44,13 @@ of ``ctx.harness`` (``Harness``), which the harness implements (``bench.run.RunH
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from bench.config import RunConfig, TrainConfig
+from bench.config import RunConfig, TrainConfig, validate_hparams
 from bench.models import ModelMaker
 from methods.masking import Masking
 
@@ -166,6 +166,8 @@ class Method:
     def __init__(self, config: RunConfig, hparams: Any):
         self.config = config
         self.hparams = hparams
+        if is_dataclass(hparams):  # the fields' check metadata: no method re-checks by hand
+            validate_hparams(self.name, hparams)
         self.masking: Masking | None = None
         self.generator = torch.Generator().manual_seed(config.seed + 7919)
         self.steps_per_epoch = 1

@@ -103,14 +103,9 @@ class DeepR(MaskedMethod):
 
     def __init__(self, config: RunConfig, hparams: Any):
         super().__init__(config, hparams if hparams is not None else DeepRHparams())
-        hp = self.hparams
-        if hp.variant not in VARIANTS:
-            raise UserError(f"unknown DeepR variant {hp.variant!r}; valid: {', '.join(VARIANTS)}")
-        if hp.variant == "dsr" and self.distribution == "learned":
+        if self.hparams.variant == "dsr" and self.distribution == "learned":
             raise UserError("DeepR variant 'dsr' keeps per-layer counts; distribution 'learned' "
                             "(the global constraint) needs variant 'paper'")
-        if len(hp.dsr_temperatures) != len(hp.dsr_temperature_fractions):
-            raise UserError("dsr_temperatures and dsr_temperature_fractions differ in length")
         # On an accelerator the per-step path never reads a count back (see rewiring.py).
         self.sync_free = False
 

@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 from bench.config import RunConfig, check
-from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext
 from methods.rewiring import DeviceRNG
 from methods.schedules import MaskUpdateSchedule, cosine_drop_fraction, scaled
@@ -70,9 +69,6 @@ class RigL(MaskedMethod):
 
     def __init__(self, config: RunConfig, hparams: Any):
         super().__init__(config, hparams if hparams is not None else RigLHparams())
-        if self.hparams.drop_fraction_anneal not in ANNEALS:
-            raise UserError(f"unknown RigL drop_fraction_anneal "
-                            f"{self.hparams.drop_fraction_anneal!r}; valid: {', '.join(ANNEALS)}")
         self.updates = 0
         self.regrown_total = 0
         self._new: list[torch.Tensor] | None = None

@@ -122,8 +122,6 @@ class SNIP(MaskedMethod):
         if ctx.resuming:
             return  # the masks are model buffers: the checkpoint restores them
         hp = self.hparams
-        if hp.batch_size < 1 or hp.num_batches < 1:
-            raise ValueError("SNIP batch_size and num_batches must be positive")
         scorer = (reinitialised_copy(ctx.model, self.generator) if hp.independent_init
                   else ctx.model)
         was_training = scorer.training

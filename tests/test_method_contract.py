@@ -21,6 +21,8 @@ long search (STR's calibration: three trials).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -36,6 +38,7 @@ from bench.config import (
     run_label,
 )
 from bench.data.base import DataBundle
+from bench.errors import UserError
 from bench.flops import count
 from bench.models import ModelMaker
 from bench.train import Diverged, Interrupted, Trainer, make_method, resolve_hparams
@@ -211,3 +214,18 @@ def test_resume_is_bit_identical_and_state_round_trips(name, harness, tmp_path):
     assert_same(straight.model.state_dict(), resumed.model.state_dict(), "model")
     assert_same(straight.method.state_dict(), resumed.method.state_dict(), "method")
     assert_same(straight.method.summary(), resumed.method.summary(), "summary")
+
+
+BAD = [(name, f.name) for name in sorted(REGISTRY)
+       for f in dataclasses.fields(REGISTRY[name].Hparams)
+       if getattr(f.metadata.get("check"), "choices", None)]
+
+
+@pytest.mark.parametrize(("name", "key"), BAD)
+def test_hparams_built_in_code_are_checked_by_their_metadata(name, key):
+    """A method is built only with hyperparameters its fields' ``check`` metadata accepts
+    (``bench.config.validate_hparams`` in ``Method.__init__``): no method restates them."""
+    cfg = config(name)
+    with pytest.raises(UserError, match=rf"^method\.{name}\.{key} = \"nope\": expected one of"):
+        hparams = dataclasses.replace(cfg.method.hparams, **{key: "nope"})
+        REGISTRY[name](cfg, hparams)

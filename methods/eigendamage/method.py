@@ -42,8 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import RunConfig, TrainConfig, check, run_id
-from bench.errors import UserError
+from bench.config import RunConfig, TrainConfig, check, run_id, validate_hparams
 from methods.base import Method, Phase, SetupContext
 from methods.dense_start import dense_config, finished_dense_run, load_dense_weights
 from methods.eigendamage.kfac import FISHER_TYPES
@@ -79,17 +78,8 @@ class EigenDamageHparams:
     stabilize_bn: bool = True  # re-estimate BN statistics after fine-tuning (``stablize_bn``)
 
     def __post_init__(self) -> None:
-        for key, valid in (("mode", MODES), ("fisher_type", FISHER_TYPES),
-                           ("budget_scope", BUDGET_SCOPES)):
-            if getattr(self, key) not in valid:
-                raise UserError(f"eigendamage {key} {getattr(self, key)!r}; "
-                                f"valid: {', '.join(valid)}")
-        if self.rounds < 1 or self.finetune_epochs < 0 or self.fisher_batches < 0:
-            raise UserError("eigendamage rounds must be >= 1, finetune_epochs and "
-                            "fisher_batches >= 0")
-        for key in ("prune_ratio_limit", "iterative_prune_ratio_limit"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise UserError(f"eigendamage {key} must lie in [0, 1)")
+        # Hparams built in code fail at once, by the fields' check metadata.
+        validate_hparams("eigendamage", self)
 
 
 def finetune_train(train: TrainConfig, hp: EigenDamageHparams) -> TrainConfig:
