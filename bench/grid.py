@@ -60,8 +60,8 @@ from bench.config import (
 from bench.data import get_dataset_spec
 from bench.errors import UserError
 from bench.models import get_model_spec
-from bench.toml_lines import load as load_toml
 from bench.toml_lines import locate, mention
+from bench.toml_lines import read as read_toml
 from bench.validation import check_values, toml_value
 from methods import get_method
 
@@ -137,17 +137,8 @@ class _Where:
 
 def load_grid(spec: str) -> Grid:
     path = resolve_grid_path(spec)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: the grid file is not UTF-8 text (byte "
-                        f"0x{raw[exc.start]:02x}); save it as UTF-8, as TOML requires") from None
-    return expand(load_toml(text, path, "grid"), path, text)
+    body, text = read_toml(path, "grid file", "grid")
+    return expand(body, path, text)
 
 
 def _section(cls: type, values: Any, where: _Where, key: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Where things are in a TOML file, for errors that say ``file:line``: the one place that reads
 TOML text line by line (grid files, their ``[slurm]`` table, the published-numbers file).
 
-``load`` parses a file's text and turns a syntax error into one ``UserError`` at its line;
+``read`` reads and parses a file, ``load`` parses its text: an unreadable file, one that is
+not UTF-8 or a syntax error is one ``UserError`` (at its line);
 ``locate`` finds the line that defines a key path (tables, array-of-tables entries, keys,
 dotted keys); ``mention`` finds a bare word (a name inside a list, a key whose table is not
 known).
@@ -28,6 +29,23 @@ _HEADER = re.compile(r"^\s*(\[[^\[\]]*(?:\[[^\]]*\][^\[\]]*)*\])\s*(#.*)?$")
 _ARRAY_HEADER = re.compile(r"^\s*\[(\[[^\[\]]*\])\]\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
                   r"""(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+
+
+def read(path: Path, noun: str, what: str | None = None) -> tuple[dict[str, Any], str]:
+    """The TOML file `path` (the `noun` of errors, e.g. "grid file"), parsed, and its text.
+    Unreadable, not UTF-8 (at the line of the first bad byte) or malformed (``load``, with
+    `what`, default `noun`): one UserError."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {noun} {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: the {noun} is not UTF-8 text (byte "
+                        f"0x{raw[exc.start]:02x}); save it as UTF-8, as TOML requires") from None
+    return load(text, path, what or noun), text
 
 
 def load(text: str, path: Path | str, what: str) -> dict[str, Any]:

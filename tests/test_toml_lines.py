@@ -62,3 +62,18 @@ def test_slurm_errors_point_at_the_key_in_the_slurm_table(tmp_path):
     grid.write_text(TEXT.replace('"partition" = "p"', '"partition" = "p"\nbogus = 1'))
     with pytest.raises(UserError, match=rf"^{grid}:16: unknown key 'bogus' in \[slurm\]"):
         slurm_settings({"partition": "p", "bogus": 1}, source=str(grid))
+
+
+def test_read_says_what_is_wrong_with_the_file(tmp_path):
+    from bench.report.published import load as load_published
+    from bench.toml_lines import read
+
+    path = tmp_path / "p.toml"
+    path.write_bytes(b'a = 1\nb = "caf\xe9"\n')
+    with pytest.raises(UserError, match=rf"^{path}:2: the published numbers file is not UTF-8 "
+                                        r"text \(byte 0xe9\)"):
+        load_published(path)
+    path.write_text("a = 1\n")
+    assert read(path, "grid file", "grid") == ({"a": 1}, "a = 1\n")
+    with pytest.raises(UserError, match=rf"^cannot read grid file {tmp_path / 'none.toml'}: "):
+        read(tmp_path / "none.toml", "grid file")

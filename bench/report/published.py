@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.toml_lines import load as load_toml
 from bench.toml_lines import locate
+from bench.toml_lines import read as read_toml
 
 # The repository's baselines/ folder; absent from a non-editable install, which then simply
 # has no published numbers.
@@ -102,12 +102,8 @@ def load(path: Path | None = None) -> list[Published]:
         if not DEFAULT_PATH.is_file():
             return []
         path = DEFAULT_PATH
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read published numbers {path}: {exc.strerror or exc}") from None
-    return parse(load_toml(text, path, "published numbers file"), _Lines(path, text))
+    body, text = read_toml(Path(path), "published numbers file")
+    return parse(body, _Lines(Path(path), text))
 
 
 def parse(body: dict[str, Any], where: _Lines) -> list[Published]:
