@@ -135,10 +135,7 @@ def keep_at_most_threshold(masking: Masking, scores: dict[str, torch.Tensor],
     n_remove = int(flat.numel() * (1 - (1 - target)))
     keep = torch.ones_like(flat, dtype=torch.bool) if n_remove == 0 else \
         flat <= kth_largest(flat, n_remove)
-    for name, part in zip(masking.layers, keep.split([scores[n].numel() for n in masking.layers]),
-                          strict=True):
-        masking.set_mask(name, part.view_as(scores[name]))
-    masking.apply()
+    masking.set_flat_mask(keep)
 
 
 class GraSP(MaskedMethod):

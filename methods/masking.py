@@ -285,12 +285,14 @@ class Masking:
         """Global top-k over all layers' scores (``selection.top_k``; ``keep="smallest"`` for
         the lowest scores): exactly ``n_keep`` weights survive (the caller's counting rule)."""
         flat = torch.cat([scores[n].flatten() for n in self.layers])
-        global_mask = top_k(flat, n_keep, largest=keep == "largest")
-        offset = 0
-        for name, module in self.layers.items():
-            n = module.weight.numel()
-            self.set_mask(name, global_mask[offset : offset + n].view_as(module.weight))
-            offset += n
+        self.set_flat_mask(top_k(flat, n_keep, largest=keep == "largest"))
+
+    def set_flat_mask(self, flat: torch.Tensor) -> None:
+        """Set every layer's mask from one bool vector over all layers' weights (layer order,
+        each flattened: shape [total()]) and apply the masks: the end of every global rule."""
+        sizes = [module.weight.numel() for module in self.layers.values()]
+        for (name, module), part in zip(self.layers.items(), flat.split(sizes), strict=True):
+            self.set_mask(name, part.view_as(module.weight))
         self.apply()
 
 
