@@ -67,6 +67,22 @@ def check_device(name: str) -> None:
                             'use device = "auto" or "cpu"')
 
 
+def check_world_size(name: str, world_size: int) -> None:
+    """A multi-process run started here (bench.launch.ddp) puts rank r on ``cuda:r`` of a CUDA
+    run: this machine must have `world_size` CUDA devices. CPU ranks need nothing; MPS has no
+    process-group backend for DDP."""
+    import torch
+
+    device = name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.startswith("cuda") and world_size > count:
+        raise UserError(f"train.world_size = {world_size} trains on one CUDA device per "
+                        f"process, and this machine has {count}")
+    if device == "mps":
+        raise UserError(f"train.world_size = {world_size} needs CUDA devices or CPUs; "
+                        'DDP does not run on MPS (use device = "cpu")')
+
+
 def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) -> None:
     """Data and devices of every run (``GridRun`` or ``RunConfig``), each distinct setting once.
     `devices` False skips the device check (SLURM: the runs train on other machines)."""
@@ -79,3 +95,5 @@ def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) 
         if devices and config.train.device not in devices_seen:
             devices_seen.add(config.train.device)
             check_device(config.train.device)
+        if devices and config.train.world_size > 1:
+            check_world_size(config.train.device, config.train.world_size)

@@ -30,6 +30,10 @@ _DEVICE_MESSAGES = (
     "cuda driver version is insufficient",
     "torch not compiled with cuda enabled",
     "uncorrectable ecc error",
+    # A collective of a multi-process run whose other rank died (gloo's words; NCCL raises
+    # torch.distributed.DistError): the machine's failure, retried by a plain rerun.
+    "connection closed by peer",
+    "connection reset by peer",
 )
 _MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 
@@ -37,6 +41,13 @@ _MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory
 class DependencyNotDone(RuntimeError):
     """A run that this run starts from (``Method.dependencies``, e.g. EigenDamage's dense run)
     has not finished: not the method's fault; a plain rerun trains it first and retries."""
+
+
+def _is_dist_error(exc: BaseException) -> bool:
+    """torch.distributed's own errors (a lost rank, a collective timeout, the rendezvous)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(exc, dist.DistError)
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -50,7 +61,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "error", OUT_OF_MEMORY
     if isinstance(exc, UserError):
         return "error", INPUT
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) or _is_dist_error(exc):
         return "error", ENVIRONMENT
     if isinstance(exc, (RuntimeError, AssertionError)) and any(m in text
                                                                for m in _DEVICE_MESSAGES):

@@ -22,10 +22,13 @@ from torch import nn
 from bench import distributed
 from bench.cli import main
 from bench.config import RunConfig, TrainConfig, canonical_json, run_id
+from bench.data import load_dataset
 from bench.data.base import epoch_generator, iterate_batches
 from bench.models import build_model
 from bench.run import MODEL_FILE, run_folder
+from bench.train import evaluate
 from methods import REGISTRY
+from methods.masking import Masking
 from tests.helpers import assert_identical, tiny_config
 from tests.test_bad_input import GRID, check_one_line, snapshot, train
 
@@ -222,6 +225,13 @@ def test_a_stop_on_rank_1_stops_both_ranks_and_the_resumed_run_is_bit_identical(
     assert len(a["history"]) == 3 and a["history"] == b["history"]
     assert a["top1"] == b["top1"] and a["counts"] == b["counts"]
     assert a["train_flops"] == b["train_flops"]
+    # Rank 0 evaluated the whole test set: the same model evaluated in this one process.
+    data = load_dataset(cfg.data, None)
+    model = build_model("mnist1d_cnn", 10, tuple(data.input_shape), 1.0)
+    Masking.attach(model, cfg.sparsity.layer_policy)
+    model.load_state_dict(torch.load(folder / MODEL_FILE, weights_only=True))
+    final = evaluate(model, data, cfg.train, torch.device("cpu"))
+    assert (final["top1"], final["test_loss"]) == (a["top1"], a["test_loss"])
 
 
 def test_world_size_1_keeps_run_ids_and_a_larger_one_changes_them():
@@ -311,3 +321,59 @@ def test_preflight_times_one_rank_of_a_multi_process_run(tmp_path):
     out = measure(cfg, 2, None, None)
     assert out["batch"] == 50 and out["step_s"] > 0
     assert out["notes"] == ["timed as one of 2 ranks (batch 50), without gradient communication"]
+
+
+@pytest.mark.parametrize(("device", "count", "expected"), [
+    ("cuda", 1, "train.world_size = 2 trains on one CUDA device per process, and this machine "
+                "has 1"),
+    ("auto", 1, "train.world_size = 2 trains on one CUDA device per process, and this machine "
+                "has 1"),
+])
+def test_a_local_multi_process_run_needs_a_gpu_per_rank(tmp_path, capsys, monkeypatch, device,
+                                                        count, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(train(f'world_size = 2\ndevice = "{device}"'))
+    (tmp_path / "data").mkdir()
+    before = snapshot(tmp_path)
+    code = main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root",
+                 str(tmp_path / "data"), "--executor", "debug"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    check_one_line(err, expected)
+    assert snapshot(tmp_path) == before
+
+
+def test_local_jobs_count_every_process_of_a_run():
+    from bench.grid import GridRun
+    from bench.launch.local import default_jobs, default_local_jobs
+
+    run = GridRun(tiny_config("static", world_size=2, device="cpu"), "static")
+    one = GridRun(tiny_config("static", device="cpu"), "static")
+    assert default_local_jobs([one]) == default_jobs()
+    assert default_local_jobs([run, one]) == max(1, default_jobs() // 2)
+
+
+DIE = LAUNCH.replace('print(result["status"], result["top1"])',
+                     'print(result["status"], result.get("error_kind"))')
+
+
+def test_a_rank_that_dies_ends_the_run_as_an_environment_error_that_a_rerun_retries(tmp_path):
+    """kill -9 of rank 1 mid-run: rank 0's collective fails, it records status "error"
+    (environment, retried by a plain rerun), and the launcher returns instead of waiting."""
+    cfg = tiny_config("set", epochs=3, world_size=2)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", DIE, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    folder = run_folder(tmp_path, cfg)
+    deadline = time.monotonic() + 300
+    while not (folder / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out = proc.communicate(timeout=120)[0].splitlines()[-1]
+    assert proc.returncode == 0 and out == "error environment", out
+    assert (folder / "checkpoint.pt").exists()  # the rerun resumes from epoch 1

@@ -59,8 +59,8 @@ def default_jobs() -> int:
 
 def default_local_jobs(runs: list[GridRun]) -> int:
     """Runs at once that do not oversubscribe the cores: each CPU run uses its config's
-    ``cpu_threads`` intra-op threads."""
-    threads = [r.config.train.cpu_threads for r in runs
+    ``cpu_threads`` intra-op threads in each of its ``world_size`` processes."""
+    threads = [r.config.train.cpu_threads * r.config.train.world_size for r in runs
                if resolve_device(r.config.train.device).type == "cpu"]
     return max(1, default_jobs() // max(threads, default=1))
 
