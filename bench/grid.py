@@ -481,17 +481,26 @@ def _grid_values(grid: Grid, key: str) -> list[str]:
             for v in sorted({found(r) for r in grid.runs})]
 
 
+def unmatched_only(key: str, value: str, what: str, possessive: str,
+                   values: list[str]) -> UserError:
+    """The error for ``--only key=value`` matching no `what` ('run of grid smoke', 'cell of
+    FILE or ROOT'): the `values` of `key` they hold ("its"/"their": `possessive`), with the
+    percent hint for sparsity=90; for ``select`` and ``check --only``."""
+    hint = ""
+    if key == "sparsity" and float(value) >= 1:
+        hint = f" (a fraction of zeros: {float(value) / 100:g} for {value}%)"
+    return UserError(f"--only {key}={value} matches no {what}{hint}; {possessive} "
+                     f"{ONLY_PLURALS[key]}: {', '.join(values)}")
+
+
 def select(grid: Grid, only: dict[str, str]) -> list[GridRun]:
     """The runs `only` (from ``parse_only``, which checks its form) keeps. A value that matches
     no run of the grid, or values that no run has together, are a UserError listing what the
     grid holds (an empty selection is always a mistake)."""
     for key, value in only.items():
         if not any(matches(run, {key: value}) for run in grid.runs):
-            hint = ""
-            if key == "sparsity" and float(value) >= 1:
-                hint = f" (a fraction of zeros: {float(value) / 100:g} for {value}%)"
-            raise UserError(f"--only {key}={value} matches no run of grid {grid.name}{hint}; "
-                            f"its {ONLY_PLURALS[key]}: {', '.join(_grid_values(grid, key))}")
+            raise unmatched_only(key, value, f"run of grid {grid.name}", "its",
+                                 _grid_values(grid, key))
     runs = [run for run in grid.runs if matches(run, only)]
     if not runs:
         spec = ",".join(f"{k}={v}" for k, v in only.items())

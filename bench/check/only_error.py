@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.check.baseline import load_runs, only_filter
 from bench.errors import UserError
-from bench.grid import ONLY_PLURALS
+from bench.grid import unmatched_only
 
 
 def _values(pinned: pd.DataFrame, current: pd.DataFrame, key: str) -> list[str]:
@@ -41,10 +41,7 @@ def no_cell_error(spec: str, only: dict[str, str], baseline: dict[str, Any],
         if not pinned.empty:
             hits += len(only_filter(pinned, {key: value}, "seeds"))
         if not hits:
-            hint = ""
-            if key == "sparsity" and float(value) >= 1:
-                hint = f" (a fraction of zeros: {float(value) / 100:g} for {value}%)"
-            return UserError(f"--only {key}={value} matches no cell of {where}{hint}; their "
-                             f"{ONLY_PLURALS[key]}: {', '.join(_values(pinned, current, key))}")
+            return unmatched_only(key, value, f"cell of {where}", "their",
+                                  _values(pinned, current, key))
     return UserError(f"--only {spec} matches no cell of {where}: each value occurs, but no "
                      "cell has them all")
