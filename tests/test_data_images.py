@@ -395,8 +395,8 @@ def test_tinyimagenet_layout_and_labels(tmp_path):
     b = load_dataset(DataConfig(name="tinyimagenet"), tmp_path)
     assert (b.input_shape, b.num_classes, b.batch_transform) == ((3, 64, 64), 3, None)
     assert (len(b.train), len(b.test)) == (9, 6)
-    assert b.train.targets == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert b.test.targets == val_labels
+    assert b.train.tensors[1].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert b.test.tensors[1].tolist() == val_labels
     tol = 3 / 255 / min(TINY_STD)  # JPEG
     for ds in (b.train, b.test):
         for i in range(len(ds) - (ds is b.test)):

@@ -14,9 +14,11 @@ RNG; ``bench.data.base.iterate_batches`` seeds it for each sample from (run seed
 index) inside the DataLoader worker that decodes it, so an augmented image does not depend on
 the number of workers, and a resumed run sees the same images as an uninterrupted one.
 
-Tiny-ImageNet images are all 64x64, so its augmentation (random crop 64 with 4-pixel padding +
-horizontal flip, as in ``alecwangcq/GraSP utils/data_utils.py``) runs as a batch transform
-drawing from the batch generator, like CIFAR's: reproducible without the global RNG.
+Tiny-ImageNet images are all 64x64: they are decoded once into a verified uint8 cache under the
+data root (``bench.data.decoded``) and then held in memory like CIFAR, and its augmentation
+(random crop 64 with 4-pixel padding + horizontal flip, as in ``alecwangcq/GraSP
+utils/data_utils.py``) runs as a batch transform drawing from the batch generator, on the
+training device: reproducible without the global RNG.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from bench.config import DataConfig
 from bench.data.base import DataBundle
-from bench.data.cifar import pad_crop_flip
+from bench.data.cifar import normalise, pad_crop_flip
+from bench.data.decoded import load_decoded
 from bench.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -103,10 +106,15 @@ def train_classes(train_dir: Path, dataset: str) -> dict[str, int]:
 def subset(samples: list[tuple[str, int]], n: int) -> list[tuple[str, int]]:
     """`n` samples chosen at random with a fixed seed: the files are sorted by class, so a
     prefix would hold only the first classes."""
-    if not n or n >= len(samples):
-        return samples
-    keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
-    return [samples[i] for i in keep.sort().values.tolist()]
+    return [samples[i] for i in subset_indices(len(samples), n)]
+
+
+def subset_indices(total: int, n: int) -> list[int]:
+    """The sorted indices ``subset`` keeps of `total` samples (all of them when `n` is 0)."""
+    if not n or n >= total:
+        return list(range(total))
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
+    return keep.sort().values.tolist()
 
 
 def imagenet_transforms(augment: bool):
@@ -192,14 +200,35 @@ def check_tinyimagenet(cfg: DataConfig, root: Path) -> None:
 
 
 def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
+    """Decoded once into a verified uint8 cache (``bench.data.decoded``), then in memory:
+    normalised exactly as ``ToTensor()`` + ``Normalize(TINY_MEAN, TINY_STD)`` of each file would
+    (the same float32 operations, bit for bit)."""
     check_tinyimagenet(cfg, root)
     base = Path(root) / "tiny-imagenet-200"
+    class_to_idx = train_classes(base / "train", "tinyimagenet")
+    train = folder_samples(base / "train", class_to_idx, "tinyimagenet")
+    test = tiny_val_samples(base / "val", class_to_idx)
+    arrays = load_decoded("tinyimagenet", root, base, train, test, (64, 64))
+    keep = torch.tensor(subset_indices(len(train), cfg.train_subset), dtype=torch.long)
+    x, y = arrays["x"], arrays["y"]
+    if len(keep) < len(x):
+        x, y = x[keep], y[keep]
+    train_ds = TensorDataset(normalise(x, TINY_MEAN, TINY_STD), y)
+    test_ds = TensorDataset(normalise(arrays["x_test"], TINY_MEAN, TINY_STD), arrays["y_test"])
+    transform = pad_crop_flip(TINY_MEAN, TINY_STD) if cfg.augment else None
+    return DataBundle(train_ds, test_ds, (3, 64, 64), len(class_to_idx), transform)
+
+
+def tiny_files(root: Path, augment: bool = False) -> DataBundle:
+    """Tiny-ImageNet read from its JPEG files by DataLoader workers on every pass (what
+    ``load_tinyimagenet`` did before the cache): the reference the cached path is tested
+    against, image for image and run for run."""
     from torchvision import transforms as T
 
+    base = Path(root) / "tiny-imagenet-200"
     class_to_idx = train_classes(base / "train", "tinyimagenet")
     tf = T.Compose([T.ToTensor(), T.Normalize(TINY_MEAN, TINY_STD)])
-    train = ImageFiles(subset(folder_samples(base / "train", class_to_idx, "tinyimagenet"),
-                              cfg.train_subset), tf)
+    train = ImageFiles(folder_samples(base / "train", class_to_idx, "tinyimagenet"), tf)
     test = ImageFiles(tiny_val_samples(base / "val", class_to_idx), tf)
-    transform = pad_crop_flip(TINY_MEAN, TINY_STD) if cfg.augment else None
+    transform = pad_crop_flip(TINY_MEAN, TINY_STD) if augment else None
     return DataBundle(train, test, (3, 64, 64), len(class_to_idx), transform)
