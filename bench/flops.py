@@ -168,6 +168,12 @@ class StepCost:
             else:
                 self._fixed += module.weight.numel() * pos
 
+        # train_flops per batch size, valid while every mask's version counter stands still
+        # (``tensor._version`` moves on every in-place write, as methods/masking.py relies on):
+        # a step whose masks did not change costs no tensor op here.
+        self._versions: list[int] = []
+        self._per_batch: dict[int, torch.Tensor] = {}
+
     def forward_macs(self) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for mask, pos in self._masked:
@@ -175,5 +181,12 @@ class StepCost:
         return total + self._fixed
 
     def train_flops(self, batch_size: int) -> torch.Tensor:
-        """RigL: forward + backward (2 x forward), in FLOPs (2 per MAC), for one step."""
-        return 3 * 2 * self.forward_macs() * batch_size
+        """RigL: forward + backward (2 x forward), in FLOPs (2 per MAC), for one step. Shape
+        [], float64, on the masks' device; recomputed only after a mask changed."""
+        versions = [mask._version for mask, _ in self._masked]
+        if versions != self._versions:
+            self._versions, self._per_batch = versions, {}
+        flops = self._per_batch.get(batch_size)
+        if flops is None:
+            flops = self._per_batch[batch_size] = 3 * 2 * self.forward_macs() * batch_size
+        return flops

@@ -412,7 +412,9 @@ class Trainer:
             start_loss = partial.rank_loss_sums[self.rank.rank]
         loss_sum = torch.tensor(start_loss, dtype=torch.float64, device=device)
         n_batches = partial.n_batches if partial is not None else 0
-        bad = torch.zeros((), dtype=torch.bool, device=device)
+        # No autocast context at all for fp32: entering a disabled one costs every step.
+        precision = accel.resolve_precision(train.precision, device)
+        amp = None if precision == "fp32" else (lambda: accel.autocast(precision, device))
         total_steps = steps_per_epoch * train.epochs
         # A resumed epoch starts at its first unconsumed batch; the skipped ones are not
         # loaded (their augmentation draws are replayed to keep the generator in step).
@@ -432,11 +434,12 @@ class Trainer:
                 set_lr(self.optimizer, train, epoch, batch_index, steps_per_epoch)
             self.step += 1
             loss = train_step(model, self.method, self.optimizer, x, y, self.step,
-                              scaler=self.scaler, amp=lambda: autocast(train, device),
+                              scaler=self.scaler, amp=amp,
                               loss_fn=loss_fn, forward=self.forward, loss_weight=weight)
             self.train_flops += self.cost.train_flops(global_batch)
-            loss_sum += loss.double()
-            bad |= ~torch.isfinite(loss)
+            # Added in float64 (exact for a float32 loss); a non-finite loss makes the sum
+            # non-finite (float32 losses cannot overflow a float64 sum), checked once per epoch.
+            loss_sum += loss
             n_batches += 1
             if self.progress is not None:
                 self.progress(self.step, total_steps)
@@ -446,12 +449,13 @@ class Trainer:
                     state.rank_loss_sums = distributed.gather_floats(float(loss_sum), device)
                 self._save(state)
                 raise Interrupted(f"stopped at step {self.step}")
+        bad = not bool(torch.isfinite(loss_sum))
         if self.rank is not None:
             # A non-finite shard loss on any rank is the run's; the loss is the global batch's.
-            bad = torch.tensor(distributed.any_true(bool(bad), device))
+            bad = distributed.any_true(bad, device)
             loss_sum = torch.tensor(sum(distributed.gather_floats(float(loss_sum), device))
                                     / self.rank.world_size, dtype=torch.float64)
-        if bool(bad):
+        if bad:
             raise Diverged(f"loss became NaN/inf in epoch {global_epoch + epoch + 1}")
         return loss_sum, n_batches
 

@@ -57,3 +57,23 @@ def test_step_cost_follows_masks_as_they_change():
     masking.init_random(0.1, "uniform", torch.Generator().manual_seed(0))
     assert float(cost.forward_macs()) == count(model, (40,)).macs
     assert float(cost.train_flops(100)) == 3 * 2 * count(model, (40,)).macs * 100
+
+
+def test_step_cost_is_computed_once_per_mask_state():
+    """The per-step FLOPs tensor is reused while no mask changed (no tensor op per step) and
+    recomputed after any in-place mask write: set_mask, load_state_dict."""
+    model = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Linear(4, 3))
+    masking = Masking.attach(model, "all")
+    cost = StepCost(model, (10,))
+    first = cost.train_flops(5)
+    assert float(first) == 3 * 2 * (40 + 12) * 5
+    assert cost.train_flops(5) is first  # cached, not recomputed
+    assert float(cost.train_flops(2)) == 3 * 2 * 52 * 2 and cost.train_flops(5) is first
+    half = torch.zeros(4, 10, dtype=torch.bool)
+    half[:2] = True
+    masking.set_mask("0", half)
+    assert float(cost.train_flops(5)) == 3 * 2 * (20 + 12) * 5
+    state = model.state_dict()
+    state["1.weight_mask"] = torch.zeros(3, 4, dtype=torch.bool)
+    model.load_state_dict(state)
+    assert float(cost.train_flops(5)) == 3 * 2 * 20 * 5

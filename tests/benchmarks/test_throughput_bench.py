@@ -105,7 +105,9 @@ def plain_throughput(model_name, shape, classes, batch, n, device, loader=None) 
         g = torch.Generator().manual_seed(0)
         x_all = torch.randn(n, *shape, generator=g).to(dev)
         y_all = torch.randint(classes, (n,), generator=g).to(dev)
-        batches = ((x_all[i:i + batch], y_all[i:i + batch]) for i in range(0, n, batch))
+        # Shuffled like any real loop (and like the harness): a gather per batch, not a view.
+        order = torch.randperm(n, generator=g).to(dev)
+        batches = ((x_all[idx], y_all[idx]) for idx in order.split(batch))
     else:
         batches = iter(loader)
     stamps = []
