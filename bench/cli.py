@@ -132,10 +132,10 @@ def _preflight(args: argparse.Namespace, grid, runs) -> int:
     from bench.preflight import format_report, preflight
 
     data_root = Path(args.data_root) if args.data_root else None
-    estimates = preflight(runs, args.preflight_steps, args.preflight_batch, data_root,
-                          log=lambda line: print(line, file=sys.stderr))
-    print("\n".join(format_report(estimates, grid.name)))
-    return 1 if any(e.error for e in estimates) else 0
+    result = preflight(runs, args.preflight_steps, args.preflight_batch, data_root,
+                       log=lambda line: print(line, file=sys.stderr))
+    print("\n".join(format_report(result, grid.name)))
+    return 1 if any(e.error for e in result.runs) else 0
 
 
 def _added(added) -> str:

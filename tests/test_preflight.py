@@ -4,15 +4,16 @@ per run, nothing written."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import pytest
 
 from bench.cli import main
 from bench.config import run_id
-from bench.grid import load_grid
+from bench.grid import load_grid, parse_only, select
 from bench.models import build_model
-from bench.preflight import build, format_report, preflight, recipe_key
+from bench.preflight import build, data_shape, format_report, measure, preflight, recipe_key
 
 GRID = textwrap.dedent("""\
     name = "pf"
@@ -37,13 +38,17 @@ def test_preflight_builds_every_run_and_times_each_recipe_once(tmp_path, capsys)
     path.write_text(GRID)
     grid = load_grid(str(path))
     assert len(grid.runs) == 2 + 2 * 2 * 2
-    # Three recipes: dense, static (both targets: same network and recipe), eigendamage.
-    assert len({recipe_key(build(r)) for r in grid.runs}) == 3
+    # Four recipes: dense, static (both targets: same network and recipe), eigendamage at
+    # each target (it prunes to a smaller network).
+    assert len({recipe_key(build(r)) for r in grid.runs}) == 4
     empty = tmp_path / "no-data"          # CIFAR-10 absent: synthetic data of its shape
-    estimates = preflight(grid.runs, steps=1, batch_cap=None, data_root=empty)
+    # In this process (measure_in_subprocess runs the same function in a fresh interpreter,
+    # tested through the CLI below): faster on a loaded machine.
+    result = preflight(grid.runs, steps=1, batch_cap=None, data_root=empty, measure=measure)
+    assert result.timed == 4 and result.trials == []
     dense_params = sum(p.numel() for p in build_model("resnet8", 10, (3, 32, 32)).parameters())
     by_entry = {}
-    for e in estimates:
+    for e in result.runs:
         assert e.error is None, e.error
         by_entry.setdefault(e.built.run.entry, []).append(e)
         t = e.timing
@@ -51,25 +56,149 @@ def test_preflight_builds_every_run_and_times_each_recipe_once(tmp_path, capsys)
             ("synthetic", 50_000, 10_000, 8)
         assert e.built.params_total == dense_params
         # the estimate: epochs x examples x step time per example, plus evaluation and setup
-        epochs = sum(p["epochs"] for p in t["phases"])
+        epochs = sum(n for _, n in e.phases)
         per = t["step_s"] / 8
+        setup = t["setup_s"]
+        if e.built.run.entry == "eigendamage":  # the K-FAC pass read all 8 x 3 examples
+            assert t["pass_examples"] == 24 and 0 < t["pass_s"] <= t["setup_s"]
+            # one K-FAC pass scaled to 50,000 examples, one BatchNorm refresh (a forward)
+            setup = t["setup_s"] - t["pass_s"] + t["pass_s"] / 24 * 50_000 + 50_000 * per / 3
+        else:
+            assert t["pass_examples"] == 0
         assert e.seconds == pytest.approx(epochs * 50_000 * per + epochs * 10_000 * per / 3
-                                          + t["setup_s"])
-    assert [p["epochs"] for p in by_entry["dense"][0].timing["phases"]] == [4]
-    assert by_entry["eigendamage"][0].timing["phases"] == [{"name": "prune+finetune",
-                                                            "epochs": 2}]
+                                          + setup)
+    assert by_entry["dense"][0].phases == [("train", 4)]
+    assert by_entry["eigendamage"][0].phases == [("prune+finetune", 2)]
     # static at 90%: 90% of the prunable weights are zero
     static90 = next(e for e in by_entry["static"] if e.built.run.config.sparsity.target == 0.9)
     assert static90.built.nominal_nonzero == dense_params - round(0.9 * static90.built
                                                                   .params_prunable)
     # runs of one recipe share one measurement
     assert by_entry["static"][0].timing is by_entry["static"][-1].timing
-    lines = format_report(estimates, "pf")
+    lines = format_report(result, "pf")
     assert lines[1].startswith(f"{run_id(grid.runs[0].config)}  resnet8")
-    total = sum(e.seconds for e in estimates) / 3600
-    assert lines[len(estimates) + 1] == (
-        f"grid pf: 10 runs, 0 failed preflight; estimated {total:.2f} device-hours on cpu "
-        "(step time x examples x epochs + evaluation + setup)")
+    total = sum(e.seconds for e in result.runs) / 3600
+    assert lines[len(result.runs) + 4] == (
+        f"grid pf: 10 runs, 0 failed preflight; estimated {total:.2f} device-hours on cpu")
+
+
+# --- the estimate's arithmetic, with a fake timer --------------------------------------------
+
+FAKE_GRID = textwrap.dedent("""\
+    name = "fake"
+    [axes]
+    models = ["mnist1d_cnn"]
+    datasets = ["mnist1d"]
+    methods = ["dense", "static", "static-long", "thin_dense", "eigendamage", "ed-iter", "str"]
+    sparsities = [0.5, 0.9]
+    seeds = [0, 1]
+    [train]
+    epochs = 4
+    batch_size = 100
+    optimizer = "sgd"
+    lr = 0.1
+    [method.static-long]
+    method = "static"
+    train = { epochs = 8, lr = 0.05 }
+    [method.eigendamage]
+    finetune_epochs = 2
+    [method.ed-iter]
+    method = "eigendamage"
+    mode = "iterative"
+    rounds = 3
+    finetune_epochs = 1
+    [method.str]
+    calibration_max_runs = 4
+    """)
+
+# step seconds at batch 100 per method; EigenDamage's setup: 3 s, 2 of them reading 400 examples
+STEP = {"dense": 0.2, "static": 0.3, "thin_dense": 0.1, "eigendamage": 0.05, "str": 0.4}
+
+
+def fake_measure(calls):
+    def measure(config, steps, batch_cap, data_root):
+        calls.append((config.method.name, config.sparsity.target, config.seed))
+        ed = config.method.name == "eigendamage"
+        return {"step_s": STEP[config.method.name], "batch": 100, "setup_s": 3.0 if ed else 0.0,
+                "pass_s": 2.0 if ed else 0.0, "pass_examples": 400 if ed else 0,
+                "peak_bytes": 2**20, "memory": "rss", "device": "cpu", "data": "synthetic",
+                "train_size": 4000, "test_size": 1000, "notes": []}
+    return measure
+
+
+def fake_grid(tmp_path):
+    path = tmp_path / "fake.toml"
+    path.write_text(FAKE_GRID)
+    return load_grid(str(path))
+
+
+def test_the_estimate_is_steps_times_the_timed_step_time_by_hand(tmp_path):
+    grid = fake_grid(tmp_path)
+    calls = []
+    result = preflight(grid.runs, steps=2, batch_cap=None, data_root=None,
+                       measure=fake_measure(calls))
+    assert len(result.runs) == 2 + 6 * 2 * 2 == 26
+    # Timed once each: dense; static and static-long (other epochs and lr only); thin dense at
+    # each target (its width); EigenDamage one-pass and iterative at each target (the pruned
+    # network); STR (targets and seeds share it)
+    assert result.timed == len(calls) == 1 + 1 + 2 + 2 + 2 + 1
+    assert sorted(c[0] for c in calls) == ["dense", "eigendamage", "eigendamage",
+                                           "eigendamage", "eigendamage", "static", "str",
+                                           "thin_dense", "thin_dense"]
+    # per run, by hand: 40 steps an epoch (4000 / 100); evaluation a third of a step per example
+    def plain(step, epochs):
+        return epochs * 40 * step + epochs * 10 * step / 3
+
+    # EigenDamage per round: 1 s fixed + the 2 s pass over 400 examples scaled to 4000 (20 s);
+    # mnist1d_cnn has no BatchNorm, so no refresh passes
+    expected = {"dense": plain(0.2, 4), "static": plain(0.3, 4), "static-long": plain(0.3, 8),
+                "thin_dense": plain(0.1, 4), "eigendamage": plain(0.05, 2) + 1 + 20,
+                "ed-iter": plain(0.05, 3 * 1) + 3 * (1 + 20), "str": plain(0.4, 4)}
+    assert not any(e.built.has_batchnorm for e in result.runs)
+    for e in result.runs:
+        assert e.seconds == pytest.approx(expected[e.built.run.entry]), e.built.run.entry
+    # STR calibrates: one cell (seeds and targets share trials), 2 targets, at most 4 trials
+    # each with the first shared: 1 + 2 x 3 = 7 full-recipe trials
+    (trial,) = result.trials
+    assert (trial.targets, trial.trials) == (2, 7)
+    assert trial.seconds == pytest.approx(7 * plain(0.4, 4))
+    runs_s = sum(expected[r.entry] for r in grid.runs)
+    assert result.seconds == pytest.approx(runs_s + 7 * plain(0.4, 4))
+    lines = format_report(result, "fake")
+    assert f"  static-long: 4 runs, {4 * plain(0.3, 8) / 3600:.2f} device-hours" in lines
+    assert (f"  str weight-decay calibration (mnist1d_cnn mnist1d, 2 targets): 1 to 7 trials "
+            f"of {plain(0.4, 4) / 3600:.2f} h each, counted at 7: "
+            f"{7 * plain(0.4, 4) / 3600:.2f} device-hours") in lines
+    assert (f"grid fake: 26 runs, 0 failed preflight; estimated {result.seconds / 3600:.2f} "
+            "device-hours on cpu") in lines
+    assert any(line.startswith("timed: 9 distinct recipes, 2 steps each") for line in lines)
+
+
+def test_preflight_counts_the_dense_run_eigendamage_reuses_when_the_selection_leaves_it_out(
+        tmp_path):
+    grid = fake_grid(tmp_path)
+    calls = []
+    runs = select(grid, parse_only("method=eigendamage"))
+    result = preflight(runs, steps=1, batch_cap=None, data_root=None,
+                       measure=fake_measure(calls))
+    added = [e for e in result.runs if e.added]
+    assert [(e.built.run.entry, e.built.run.config.seed) for e in added] == [("dense", 0),
+                                                                            ("dense", 1)]
+    assert {e.built.run.run_id for e in added} == \
+        {r.run_id for r in grid.runs if r.entry == "dense"}
+    # --only method=eigendamage keeps both entries of the method (one-pass and iterative)
+    assert sorted({e.built.run.entry for e in result.runs if not e.added}) == \
+        ["ed-iter", "eigendamage"]
+    assert result.seconds == pytest.approx(
+        4 * (2 * 40 * 0.05 + 2 * 10 * 0.05 / 3 + 21) + 4 * (3 * 40 * 0.05 + 3 * 10 * 0.05 / 3
+                                                            + 3 * 21)
+        + 2 * (4 * 40 * 0.2 + 4 * 10 * 0.2 / 3))
+    lines = format_report(result, "fake")
+    reused = [line for line in lines[1:len(result.runs) + 1] if "dense (reused)" in line]
+    assert [line.split()[0] for line in reused] == [e.built.run.run_id for e in added]
+    assert "  dense (reused): 2 runs, " + f"{2 * (4 * 40 * 0.2 + 4 * 10 * 0.2 / 3) / 3600:.2f}" \
+        " device-hours" in lines
+    assert any(line.startswith("grid fake: 8 runs + 2 they reuse, 0 failed") for line in lines)
 
 
 def test_preflight_reports_a_run_that_cannot_train_and_exits_1(tmp_path, capsys):
@@ -101,3 +230,57 @@ def test_bad_preflight_flags_are_user_errors(capsys):
     assert main(["run", "smoke", "--preflight", "--preflight-steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == \
         "sparsebench: error: --preflight-steps 0 must be a positive integer"
+
+
+# --- every paper grid: a selection of its cheapest runs, timed for real -----------------------
+
+# grid -> (--only selection, its runs, its distinct recipes): the cheapest model of each grid
+# family, one seed, one target, every method where that stays quick.
+PAPER_SELECTIONS = {
+    "snip_lenet300_100": ("seed=0", 3, 2),
+    "snip_lenet5_caffe": ("seed=0,sparsity=0.99", 2, 2),
+    "dsr_wrn28_2": ("seed=0,sparsity=0.9", 6, 6),
+    "str_mobilenet_v1": ("sparsity=0.8901,method=str", 1, 1),
+    "grasp_resnet32": ("dataset=cifar10,seed=0,sparsity=0.98,method=grasp", 1, 1),
+    "grasp_vgg19": ("dataset=cifar100,seed=0,sparsity=0.95,method=snip", 1, 1),
+    "grasp_tinyimagenet": ("model=resnet32_grasp,seed=0,sparsity=0.9,method=snip", 1, 1),
+    # the dense run it reuses is added (and shares its timing with no other run here)
+    "eigendamage_resnet32": ("dataset=cifar10,seed=0,sparsity=0.9,method=eigendamage", 2, 3),
+    "eigendamage_vgg19": ("dataset=cifar100,seed=0,method=dense", 1, 1),
+}
+# The ResNet-50 / ImageNet grids' methods are timed above on their family's cheapest model
+# (WRN-28-2, MobileNetV1): one ResNet-50 took 18 s to build and count and 12 s a step at batch 2
+# on the loaded 2-core development machine. README's table comes from running them whole.
+SAME_FAMILY = {"dsr_resnet50": "dsr_wrn28_2", "str_resnet50": "str_mobilenet_v1"}
+
+
+def test_the_selections_cover_every_paper_grid():
+    from bench.grid import builtin_grids
+
+    assert set(PAPER_SELECTIONS) | set(SAME_FAMILY) == set(builtin_grids()) - {"smoke"}
+    # every method of the ResNet-50 grids is timed in a selection below
+    timed = {r.entry for name in ("dsr_wrn28_2", "str_mobilenet_v1")
+             for r in select(load_grid(name), parse_only(PAPER_SELECTIONS[name][0]))}
+    for big in SAME_FAMILY:
+        assert {r.entry for r in load_grid(big).runs} - {"dense"} <= timed, big
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SELECTIONS))
+def test_preflight_times_each_paper_grid_on_cpu_with_synthetic_data(name, tmp_path):
+    only, n_runs, n_recipes = PAPER_SELECTIONS[name]
+    runs = select(load_grid(name), parse_only(only))
+    assert len(runs) == n_runs
+    result = preflight(runs, steps=1, batch_cap=2, data_root=tmp_path / "no-data",
+                       measure=measure)
+    assert result.timed == n_recipes
+    for e in result.runs:
+        assert e.error is None, e.error
+        t = e.timing
+        shape = data_shape(e.built.run.config)
+        assert (t["data"], t["batch"], t["train_size"], t["test_size"]) == \
+            ("synthetic", 2, shape.train_size, shape.test_size)
+        assert t["step_s"] > 0 and math.isfinite(e.seconds)
+        assert e.phases and sum(n for _, n in e.phases) >= 1
+    lines = format_report(result, name)
+    assert f"grid {name}: {len(runs)} runs" in lines[len(result.runs) + len(
+        {e.built.run.entry + (' (reused)' if e.added else '') for e in result.runs}) + 1]
