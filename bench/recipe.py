@@ -19,7 +19,6 @@ Sources of the rules (shared/reference/methods.md):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from bench.accel import optimizer_kernel
 from bench.config import TrainConfig
+from methods.schedules import cosine_decay
 
 # Module types whose parameters ``no_bn_decay`` exempts from weight decay.
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -46,8 +46,7 @@ def lr_factor(train: TrainConfig, epoch: int, batch: int = 0, steps_per_epoch: i
     if train.lr_schedule == "step":
         return train.gamma ** sum(1 for m in train.milestones if epoch >= m)
     if train.lr_schedule == "cosine":
-        # pi * (fraction), in this order: the smoke pin was trained with it, bit for bit.
-        return 0.5 * (1.0 + math.cos(math.pi * ((t - warm) / (total - warm))))
+        return cosine_decay(t - warm, total - warm)
     return 1.0
 
 

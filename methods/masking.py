@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.selection import top_k
+from methods.selection import random_k, top_k
 
 MASK_BUFFER = "weight_mask"
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -86,13 +86,6 @@ def kept_count(numel: int, density: float) -> int:
     sparsity = 1.0 - density
     # A tiny tolerance keeps 0.9 * 100 from flooring to 89 through float error.
     return numel - int(math.floor(sparsity * numel + 1e-9))
-
-
-def random_mask(shape: torch.Size, n_keep: int, generator: torch.Generator) -> torch.Tensor:
-    numel = math.prod(shape)
-    mask = torch.zeros(numel, dtype=torch.bool)
-    mask[torch.randperm(numel, generator=generator)[:n_keep]] = True
-    return mask.view(shape)
 
 
 class FlatLayers:
@@ -263,7 +256,8 @@ class Masking:
         """Random masks with an exact per-layer kept count; returns the counts."""
         counts = self.layer_counts(density, distribution)
         for name, module in self.layers.items():
-            self.set_mask(name, random_mask(module.weight.shape, counts[name], generator))
+            everywhere = torch.ones(module.weight.shape, dtype=torch.bool)
+            self.set_mask(name, random_k(everywhere, counts[name], generator))
         self.apply()
         return counts
 

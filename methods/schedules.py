@@ -181,6 +181,15 @@ def dsr_temperature(temperatures: Sequence[float], starts: Sequence[int], step: 
 
 
 # --- RigL ------------------------------------------------------------------------------------
+def cosine_decay(t: float, total: float) -> float:
+    """The cosine factor 0.5 (1 + cos(pi t / T)) at position ``t`` of ``T = total`` (same unit),
+    from 1 at t = 0 to 0 at t = T: the one cosine of the project, for the learning rate
+    (``bench.recipe.lr_factor``, SGDR without restarts) and RigL's drop fraction. Evaluated as
+    pi * (t / T), in that order: the smoke pin's cosine learning rates were trained with it, bit
+    for bit."""
+    return 0.5 * (1.0 + math.cos(math.pi * (t / total)))
+
+
 def cosine_drop_fraction(initial: float, global_step: int, begin: int, end: int) -> float:
     """``get_drop_fraction`` with ``drop_fraction_anneal='cosine'``: TF's
     ``cosine_decay(initial, global_step, end - begin)`` = initial / 2 (1 + cos(pi min(t, T) / T)),
@@ -188,8 +197,7 @@ def cosine_drop_fraction(initial: float, global_step: int, begin: int, end: int)
     decay_steps = end - begin
     if decay_steps <= 0:
         return initial
-    t = min(global_step, decay_steps)
-    return 0.5 * initial * (1.0 + math.cos(math.pi * t / decay_steps))
+    return initial * cosine_decay(min(global_step, decay_steps), decay_steps)
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,24 @@ def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def random_k(eligible: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """A uniformly random k-subset of the True entries of ``eligible`` (same shape, bool): the
-    k largest of uniform scores drawn for every position from ``generator``."""
-    if k == 0:  # draws nothing, so the generator only moves when something is chosen
-        return torch.zeros_like(eligible, dtype=torch.bool)
-    scores = torch.rand(eligible.numel(), generator=generator, device=eligible.device)
-    return top_k(scores, k, eligible.flatten()).view_as(eligible)
+    """A uniformly random k-subset of the True entries of ``eligible`` (any shape, bool; the
+    result has its shape): the first ``k`` of a ``torch.randperm`` of the eligible positions in
+    flat (row-major) order, drawn from ``generator`` on ``eligible``'s device. With every
+    position eligible this is the classic ``randperm(numel)[:k]`` random mask (the one random
+    subset rule of every method: initial random masks, SET/DSR regrowth, DeepR reactivation).
+
+    Raises ValueError when ``k`` is negative or exceeds the number of eligible entries. ``k = 0``
+    draws nothing, so the generator moves only when something is chosen.
+    """
+    positions = torch.nonzero(eligible.flatten()).flatten()
+    if not 0 <= k <= positions.numel():
+        raise ValueError(f"cannot choose {k} of {positions.numel()} eligible entries")
+    out = torch.zeros(eligible.numel(), dtype=torch.bool, device=eligible.device)
+    if k == 0:
+        return out.view_as(eligible)
+    order = torch.randperm(positions.numel(), generator=generator, device=eligible.device)
+    out[positions[order[:k]]] = True
+    return out.view_as(eligible)
 
 
 def drop_and_grow(drop_score: torch.Tensor, grow_score: torch.Tensor, active: torch.Tensor,

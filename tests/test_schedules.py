@@ -81,3 +81,16 @@ def test_dsr_schedule_knobs_are_declared_once():
         assert (SETHparams.__dataclass_fields__[f"dsr_{knob}"].metadata.keys()
                 == DSRHparams.__dataclass_fields__[knob].metadata.keys())
     assert set_hp.rewire_schedule(800) == dsr.rewire_schedule(800)
+
+
+def test_one_cosine_for_the_learning_rate_and_rigls_drop_fraction():
+    from bench.config import TrainConfig
+    from bench.recipe import lr_factor
+    from methods.schedules import cosine_decay, cosine_drop_fraction
+
+    assert cosine_decay(0, 8) == 1.0 and cosine_decay(8, 8) == 0.0
+    assert cosine_decay(2, 8) == 0.5 * (1.0 + math.cos(math.pi * 0.25))
+    train = TrainConfig(epochs=8, lr_schedule="cosine")
+    assert [lr_factor(train, e) for e in range(8)] == [cosine_decay(e, 8) for e in range(8)]
+    assert cosine_drop_fraction(0.3, 2, 0, 8) == 0.3 * cosine_decay(2, 8)
+    assert cosine_drop_fraction(0.3, 20, 0, 8) == 0.0

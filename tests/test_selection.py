@@ -73,3 +73,23 @@ def test_reset_optimizer_state_by_mask_and_by_index():
     assert (opt.state[a]["exp_avg"] != 0).tolist() == [[False, True], [True, False]]
     assert (opt.state[b]["exp_avg_sq"] != 0).tolist() == [True, True, False]
     assert float(opt.state[a]["step"]) == 1.0  # scalar state is left alone
+
+
+def test_random_k_is_the_first_k_of_a_randperm_of_the_eligible_positions():
+    # The one random-subset rule: eligible positions 1, 3, 4, 6 in flat order; the subset is
+    # positions[randperm(4)[:2]] from the same generator state, and with every position
+    # eligible it is the classic randperm(numel)[:k] random mask (initial masks).
+    eligible = torch.tensor([[False, True, False, True], [True, False, True, False]])
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(3))
+    expected = torch.tensor([1, 3, 4, 6])[perm[:2]]  # flat positions, row-major
+    want = torch.zeros(8, dtype=torch.bool)
+    want[expected] = True
+    got = random_k(eligible, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(got, want.view(2, 4))
+    everywhere = random_k(torch.ones(3, 5, dtype=torch.bool), 4,
+                          torch.Generator().manual_seed(9))
+    classic = torch.zeros(15, dtype=torch.bool)
+    classic[torch.randperm(15, generator=torch.Generator().manual_seed(9))[:4]] = True
+    assert torch.equal(everywhere, classic.view(3, 5))
+    with pytest.raises(ValueError, match="cannot choose 5 of 4 eligible"):
+        random_k(eligible, 5, torch.Generator())
