@@ -45,3 +45,17 @@ def discover(group: str, registry: dict[str, Any], kind: type) -> None:
             _loaded.discard(group)
             raise UserError(f"{where} is a {type(obj).__name__}, not a {kind.__name__}")
         registry.setdefault(ep.name, obj)
+
+
+def lookup(name: str, registry: dict[str, Any], group: str, kind: type, noun: str,
+           also: str = "") -> Any:
+    """``registry[name]``, discovering `group`'s entry points first when the name is not a
+    built-in; UserError "unknown NOUN 'name'; valid: ..." (sorted names, then `also`) when
+    nothing registers it. The one lookup of the model and dataset registries."""
+    if name not in registry:
+        discover(group, registry, kind)
+    try:
+        return registry[name]
+    except KeyError:
+        raise UserError(f"unknown {noun} {name!r}; valid: {', '.join(sorted(registry))}{also}"
+                        ) from None

@@ -14,7 +14,6 @@ from pathlib import Path
 from bench.config import DataConfig
 from bench.data import cifar, imagefolder, mnist, mnist1d, synthetic
 from bench.data.base import DataBundle
-from bench.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,11 @@ def default_data_root() -> Path:
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:  # maybe another package's (bench/plugins.py)
-        from bench.plugins import discover
+    """The registered spec, built-in or another package's (bench/plugins.py); UserError for an
+    unknown name."""
+    from bench.plugins import lookup
 
-        discover("sparsebench.datasets", DATASETS, DatasetSpec)
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UserError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}") from None
+    return lookup(name, DATASETS, "sparsebench.datasets", DatasetSpec, "dataset")
 
 
 def check_dataset(cfg: DataConfig, root: Path | None = None) -> None:

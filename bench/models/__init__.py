@@ -158,15 +158,10 @@ def get_model_spec(name: str) -> ModelSpec:
         tv = torchvision_model(name)
         return ModelSpec(name, tv.build, f"torchvision {tv.arch} (get_model, weights=None)",
                          tv.groups, example=IMAGENET, no_width_reason=tv.no_width_reason)
-    if name not in MODELS:  # maybe another package's (bench/plugins.py)
-        from bench.plugins import discover
+    from bench.plugins import lookup
 
-        discover("sparsebench.models", MODELS, ModelSpec)
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise UserError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}, or tv:NAME "
-                        f"for a torchvision classification model") from None
+    return lookup(name, MODELS, "sparsebench.models", ModelSpec, "model",
+                  ", or tv:NAME for a torchvision classification model")
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, ...],
