@@ -43,9 +43,10 @@ l1 * sign(w), is added to the gradients in ``after_backward`` rather than throug
 ``extra_loss`` and autograd: the same numbers (|w|'s backward is sign(w), 0 at 0), a tenth of
 the cost on small models. The training loss the trainer logs never included it.
 
-Per step the work is a few vector ops over all layers at once (``masking.FlatLayers``). On CPU
-the dead connections are listed and their replacements drawn by rejection sampling, O(deaths);
-on an accelerator the replacements come from one segmented sort and no count is read back.
+Per step the work is a few vector ops over all layers at once (``masking.FlatLayers``). The
+replacements come from one segmented random sort (``rewiring.segmented_random_choice``) on
+every device; on CPU the dead connections are also listed to keep exact per-layer counts (and
+the global constraint's split), on an accelerator no count is read back.
 
 Schedules scale with the run: temperature phase starts and the stop point are fractions of the
 run's total steps (25/200, 80/200, 140/200; 190/200).
@@ -67,7 +68,7 @@ from bench.config import RunConfig, check
 from bench.errors import UserError
 from methods.base import MaskedMethod, SetupContext, distribution_label, variant_name
 from methods.masking import FlatLayers
-from methods.rewiring import DeviceRNG, sample_in_segments, segmented_random_choice
+from methods.rewiring import DeviceRNG, segmented_random_choice
 from methods.schedules import (
     DSR_PHASE_FRACTIONS,
     DSR_STOP_FRACTION,
@@ -239,12 +240,23 @@ class DeepR(MaskedMethod):
             grow = [t - c for t, c in zip(self.target_list, counts, strict=True)]
         if sum(grow) > 0:
             # Candidates: every dormant connection, the just-dead included.
-            chosen = sample_in_segments(flat, keep == 0, grow, self.rng.generator)
+            chosen = self._choose(keep == 0, grow)
             self._revive(optimizer, w, keep, chosen, hp.reconnect_value)
             counts = [c + g for c, g in zip(counts, grow, strict=True)]
         self._reconnected += sum(grow)
         flat.write_weights(w)
         flat.write_mask(keep, counts)
+
+    def _choose(self, candidates: torch.Tensor, grow: list[int]) -> dict[int, list[int]]:
+        """{layer: flat positions} of ``grow[layer]`` uniformly random candidates per layer
+        (fewer where a layer has fewer), by the same draw as the sync-free path
+        (``rewiring.segmented_random_choice``), so a run draws alike on every device."""
+        counts = torch.tensor(grow, device=candidates.device)
+        new = segmented_random_choice(self.flat, candidates, counts, self.rng.generator)
+        chosen: dict[int, list[int]] = {i: [] for i, g in enumerate(grow) if g > 0}
+        for d in torch.nonzero(new).flatten().tolist():
+            chosen[self.flat.layer_of(d)].append(d)
+        return chosen
 
     def _revive(self, optimizer: torch.optim.Optimizer | None, w: torch.Tensor,
                 keep: torch.Tensor, chosen: dict[int, list[int]], value: float) -> None:
@@ -308,7 +320,7 @@ class DeepR(MaskedMethod):
         for d in torch.nonzero(flipped).flatten().tolist():
             grow[flat.layer_of(d)] += 1
         if sum(grow) > 0:
-            chosen = sample_in_segments(flat, mask == 0, grow, self.rng.generator)
+            chosen = self._choose(mask == 0, grow)
             self._revive(None, w, keep, chosen, 0.0)
             # grow_random grows fewer when a layer has too little room; counts follow.
             counts = [c - g + len(chosen.get(i, ())) for i, (c, g) in

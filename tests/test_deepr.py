@@ -5,6 +5,7 @@ weights and bit-identical resume."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -307,28 +308,35 @@ def test_flat_layers_see_masks_changed_behind_their_back():
 
 
 def test_sampling_in_segments_is_exact_and_uniform():
+    # The one per-layer random choice (rewiring.segmented_random_choice), on every device and
+    # through DeepR's CPU bookkeeping (_choose, which lists the positions per layer).
     from methods.masking import FlatLayers
-    from methods.rewiring import sample_in_segments, segmented_random_choice
+    from methods.rewiring import segmented_random_choice
 
     model, masking, method, _ = build(config())
     flat = FlatLayers(masking, list(masking.layers))
+    method.flat = flat
+    method.rng = SimpleNamespace(generator=torch.Generator().manual_seed(0))
     candidates = flat.mask() == 0
-    g = torch.Generator().manual_seed(0)
     hits = torch.zeros(flat.total)
     for _ in range(300):
-        chosen = sample_in_segments(flat, candidates, [2, 30, 64], g)
+        chosen = method._choose(candidates, [2, 30, 64])
         for i, got in chosen.items():
             assert len(got) == len(set(got)) == [2, 30, 64][i]
             lo, hi = flat.starts[i], flat.starts[i] + flat.sizes[i]
             assert all(lo <= d < hi and candidates[d] for d in got)
             hits[got] += 1
-        new = segmented_random_choice(flat, candidates, torch.tensor([2, 30, 64]), g)
+        new = segmented_random_choice(flat, candidates, torch.tensor([2, 30, 64]),
+                                      method.rng.generator)
         assert flat.segment_sums(new.long()).tolist() == [2, 30, 64]
         assert not (new & ~candidates).any()
-    # fc2 has 64 candidates and asks for all 64 (the fallback path): every one, every time.
+    # fc2 has 64 candidates and asks for all 64: every one, every time.
     assert torch.equal(hits[-80:][candidates[-80:]], torch.full((64,), 300.0))
     # fc1: 30 of 960 candidates per draw -> each hit ~Poisson(9.4) times: none left out
     # (expected 0.08 of 960) and none far above (the max of 960 such draws is about 20).
     fc1 = hits[18:1218][candidates[18:1218]]
     assert fc1.sum() == 300 * 30
     assert int((fc1 == 0).sum()) <= 2 and float(fc1.max()) <= 24
+    # A layer with fewer candidates than asked grows what it has (DSR's grow_random).
+    few = method._choose(candidates, [0, 0, 70])
+    assert sorted(few) == [2] and len(few[2]) == 64
