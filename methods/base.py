@@ -165,9 +165,10 @@ class Method:
 
     def __init__(self, config: RunConfig, hparams: Any):
         self.config = config
-        self.hparams = hparams
-        if is_dataclass(hparams):  # the fields' check metadata: no method re-checks by hand
-            validate_hparams(self.name, hparams)
+        # None means the defaults: the one place that says so for every method.
+        self.hparams = hparams if hparams is not None else self.Hparams()
+        if is_dataclass(self.hparams):  # the fields' check metadata: no method re-checks by hand
+            validate_hparams(self.name, self.hparams)
         self.masking: Masking | None = None
         self.generator = torch.Generator().manual_seed(config.seed + 7919)
         self.steps_per_epoch = 1

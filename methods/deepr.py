@@ -103,7 +103,7 @@ class DeepR(MaskedMethod):
     distributions = ("uniform", "erk", "learned")
 
     def __init__(self, config: RunConfig, hparams: Any):
-        super().__init__(config, hparams if hparams is not None else DeepRHparams())
+        super().__init__(config, hparams)
         if self.hparams.variant == "dsr" and self.distribution == "learned":
             raise UserError("DeepR variant 'dsr' keeps per-layer counts; distribution 'learned' "
                             "(the global constraint) needs variant 'paper'")

@@ -93,7 +93,7 @@ class DSR(MaskedMethod):
     distributions = ("learned",)
 
     def __init__(self, config, hparams):
-        super().__init__(config, hparams if hparams is not None else DSRHparams())
+        super().__init__(config, hparams)
         self.threshold = float(self.hparams.initial_threshold)
         self.reallocations = 0
         self.pruned_total = 0

@@ -109,7 +109,7 @@ class GMP(MaskedMethod):
     Hparams = GMPHparams
 
     def __init__(self, config: RunConfig, hparams: GMPHparams | None):
-        super().__init__(config, hparams if hparams is not None else GMPHparams())
+        super().__init__(config, hparams)
         # Training FLOPs of the dense run a from-dense run prunes (None otherwise).
         self.dense_train_flops: float | None = None
 

@@ -68,7 +68,7 @@ class RigL(MaskedMethod):
     distributions = ("uniform", "erk")
 
     def __init__(self, config: RunConfig, hparams: Any):
-        super().__init__(config, hparams if hparams is not None else RigLHparams())
+        super().__init__(config, hparams)
         self.updates = 0
         self.regrown_total = 0
         self._new: list[torch.Tensor] | None = None

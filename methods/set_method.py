@@ -101,7 +101,7 @@ class SET(MaskedMethod):
     distributions = ("uniform", "erk")
 
     def __init__(self, config: RunConfig, hparams: Any):
-        super().__init__(config, hparams if hparams is not None else SETHparams())
+        super().__init__(config, hparams)
         self.rewirings = 0
         self.rewired_total = 0
 

@@ -38,3 +38,13 @@ def test_the_registry_keeps_its_order_whichever_method_was_loaded_first():
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown method 'nope'; valid: deepr, dense, dsr"):
         get_method("nope")
+
+
+def test_a_method_given_no_hparams_gets_its_defaults():
+    # One rule in Method.__init__, no per-method fallback: None -> the method's Hparams().
+    from bench.config import RunConfig
+    from methods.registry import all_methods
+
+    for name, cls in all_methods().items():
+        method = cls(RunConfig(), None)
+        assert method.hparams == cls.Hparams(), name

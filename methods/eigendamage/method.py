@@ -109,7 +109,7 @@ class EigenDamage(Method):
     distributions = ("learned",)
 
     def __init__(self, config: RunConfig, hparams: EigenDamageHparams | None):
-        super().__init__(config, hparams if hparams is not None else EigenDamageHparams())
+        super().__init__(config, hparams)
         hp = self.hparams
         self.n_rounds = hp.rounds if hp.mode == "iterative" else 1
         self.limit = hp.iterative_prune_ratio_limit if hp.mode == "iterative" \
