@@ -22,9 +22,10 @@ What it does, per grid:
 4. Estimates each run's device time from its own phases (``RunEstimate.parts``): epochs ×
    training examples × (step time / timed batch), one evaluation per epoch at a third of that
    per example (a forward is about a third of a training step: RigL's 3× accounting,
-   ``bench.flops``), and the setup: SNIP/GraSP scoring as measured (a fixed number of
-   examples); EigenDamage's K-FAC pass scaled from the preflight's examples to the training
-   set, once per round, plus its BatchNorm refresh passes. Iterative EigenDamage's later
+   ``bench.flops``), and the setup: SNIP/GraSP scoring timed at one repeat and multiplied by
+   the run's repeats (``SCORING_REPEATS``, an upper bound); EigenDamage's K-FAC pass scaled
+   from the preflight's examples to the training set, once per round, plus its BatchNorm
+   refresh passes. Iterative EigenDamage's later
    rounds train a smaller network than the first, so its estimate is an upper bound. STR's
    calibration trials (each the run's full recipe) are estimated per grid cell at their upper
    bound (``TrialEstimate``).
@@ -205,6 +206,17 @@ COST_NEUTRAL_HPARAMS = {
     "eigendamage": ("finetune_epochs", "finetune_lr", "finetune_weight_decay", "lr_drops",
                     "lr_gamma"),
 }
+# Methods whose setup scores the weights on examples in identical repeats, and the hparam
+# that counts the repeats: GraSP fetches ``samples_per_class`` examples of every class
+# ``num_iters`` times (methods/grasp.py), SNIP averages over ``num_batches`` mini-batches
+# (methods/snip.py). Each repeat costs the same forward and backward passes, so preflight times
+# the setup at one repeat and multiplies the measured setup by the run's count
+# (``scoring_repeats``): an upper bound, the setup's fixed work (copying the network,
+# thresholding) is multiplied too. ``samples_per_class`` stays as it is: whether the data has
+# that many examples of every class is what a run needs, and preflight must find out. Why:
+# GraSP's reference Tiny-ImageNet setting scores 10 repeats of 200 examples with a double
+# backward, 22 minutes of one CPU thread for VGG-19 when timed in full.
+SCORING_REPEATS = {"grasp": ("num_iters",), "snip": ("num_batches",)}
 
 
 def rebuilds_network(config: RunConfig) -> bool:
@@ -231,7 +243,9 @@ def recipe_key(built: Built) -> str:
         node.pop(leaf, None)
     hparams = body.get("method", {}).get("hparams")
     if isinstance(hparams, dict):
-        for name in COST_NEUTRAL_HPARAMS.get(cfg.method.name, ()):
+        # scoring repeats are timed at 1 and scaled per run (``scoring_repeats``)
+        for name in (*COST_NEUTRAL_HPARAMS.get(cfg.method.name, ()),
+                     *SCORING_REPEATS.get(cfg.method.name, ())):
             hparams.pop(name, None)
     body.setdefault("method", {})["name"] = cfg.method.name
     return json.dumps([_without_empty(body), built.params_total], sort_keys=True)
@@ -244,6 +258,19 @@ def _without_empty(node: Any) -> Any:
         return node
     out = {k: _without_empty(v) for k, v in node.items()}
     return {k: v for k, v in out.items() if v != {}}
+
+
+def scoring_repeats(config: RunConfig) -> tuple[RunConfig, int]:
+    """`config` with its ``SCORING_REPEATS`` hparams at 1, and their product in `config`: the
+    factor its timed setup is multiplied by (1, and `config` unchanged, for other methods)."""
+    config = resolve_hparams(config)
+    names = SCORING_REPEATS.get(config.method.name, ())
+    hp = config.method.hparams
+    factor = math.prod(getattr(hp, name) for name in names)
+    if factor == 1:
+        return config, 1
+    hp = replace(hp, **{name: 1 for name in names})
+    return replace(config, method=replace(config.method, hparams=hp)), factor
 
 
 def fixed_weight_decay(config: RunConfig) -> tuple[RunConfig, bool]:
@@ -277,8 +304,8 @@ def setup_data_passes(config: RunConfig, has_batchnorm: bool) -> tuple[int, int]
     one K-FAC statistics pass per round, and with ``stabilize_bn`` on a network with
     BatchNorm one refresh pass before every later round and after the last
     (methods/eigendamage/method.py). Other
-    methods' setup reads a fixed number of examples (SNIP, GraSP): its measured time is used
-    as it is."""
+    methods' setup reads a fixed number of examples (SNIP, GraSP): its measured time is used,
+    multiplied by ``scoring_repeats``."""
     config = resolve_hparams(config)
     hp = config.method.hparams
     if config.method.name != "eigendamage":
@@ -478,6 +505,8 @@ class RunEstimate:
     # How often the measured setup recurs: once per phase for a method that rebuilds its
     # network in every phase (EigenDamage's rounds), else once.
     setups: int = 1
+    # The product of the run's ``SCORING_REPEATS`` hparams: its setup was timed at one repeat.
+    scoring_repeats: int = 1
     added: bool = False  # a run the selection reuses but left out (EigenDamage's dense run)
     calibrates: bool = False  # STR with a weight decay to calibrate (trials: TrialEstimate)
 
@@ -491,7 +520,8 @@ class RunEstimate:
         train ``E·N·p``; evaluation ``E·M·p/3`` (a forward is a third of a training step,
         RigL's 3x, bench.flops); setup: the measured setup ``setups`` times, its data pass (when
         the setup reads the whole training set) scaled from the preflight's examples to
-        ``N`` per pass, plus forward-only passes at ``N·p/3`` each."""
+        ``N`` per pass, plus forward-only passes at ``N·p/3`` each; a setup that scores on a
+        fixed number of examples, timed at one repeat, times ``scoring_repeats``."""
         t = self.timing
         per = t["step_s"] / t["batch"]
         epochs = sum(e for _, e in self.phases)
@@ -501,7 +531,7 @@ class RunEstimate:
             setup = self.setups * fixed + full * t["pass_s"] / t["pass_examples"] * \
                 t["train_size"]
         else:
-            setup = self.setups * t["setup_s"]
+            setup = self.setups * t["setup_s"] * self.scoring_repeats
         setup += forward * t["train_size"] * per / 3
         return {"train": epochs * t["train_size"] * per,
                 "evaluate": epochs * t["test_size"] * per / 3, "setup": setup}
@@ -593,6 +623,7 @@ def preflight(runs: list[GridRun], steps: int, batch_cap: int | None, data_root:
                 e.data_passes = setup_data_passes(run.config, e.built.has_batchnorm)
                 e.setups = len(e.phases) if rebuilds_network(run.config) else 1
                 e.calibrates = fixed_weight_decay(run.config)[1]
+                e.scoring_repeats = scoring_repeats(run.config)[1]
             except Exception as exc:  # noqa: BLE001 - reported as this run's error
                 e.built = replace(e.built, error=f"{type(exc).__name__}: {exc}")
         estimates.append(e)
@@ -605,7 +636,7 @@ def preflight(runs: list[GridRun], steps: int, batch_cap: int | None, data_root:
         cfg = b.run.config
         log(f"timing {i}/{len(groups)}: {cfg.model.name} {cfg.data.name} {b.run.entry} "
             f"s={cfg.sparsity.target:g}")
-        timings[key] = measure(cfg, steps, batch_cap, data_root)
+        timings[key] = measure(scoring_repeats(cfg)[0], steps, batch_cap, data_root)
     for e in estimates:
         if e.built.error is None:
             e.timing = timings[recipe_key(e.built)]
@@ -684,6 +715,13 @@ def format_report(result: Preflight, grid_name: str) -> list[str]:
                  "methods) target share one timing (bench/preflight.py COST_NEUTRAL)")
     lines.append("estimate: step time per example x (training examples x epochs + test "
                  "examples x epochs / 3) + setup (K-FAC passes scaled to the training set)")
+    repeats = sorted({(e.built.run.config.method.name, e.scoring_repeats)
+                      for e in result.runs if not e.error and e.scoring_repeats > 1})
+    if repeats:
+        lines.append("note: SNIP/GraSP scoring timed with " + ", ".join(sorted(
+            {f"{n}=1" for name, _ in repeats for n in SCORING_REPEATS[name]}))
+            + " and multiplied by each run's count ("
+            + ", ".join(f"{name} x{k}" for name, k in repeats) + "): an upper bound")
     memory = sorted({e.timing["memory"] for e in result.runs if not e.error})
     lines.append("note: peak MB is " + " / ".join(
         {"rss": "the worker's peak resident set (CPU)",

@@ -202,6 +202,67 @@ def test_preflight_counts_the_dense_run_eigendamage_reuses_when_the_selection_le
     assert any(line.startswith("grid fake: 8 runs + 2 they reuse, 0 failed") for line in lines)
 
 
+SCORING_GRID = textwrap.dedent("""\
+    name = "scoring"
+    [axes]
+    models = ["mnist1d_cnn"]
+    datasets = ["mnist1d"]
+    methods = ["grasp", "grasp-more", "snip", "snip-4", "static"]
+    sparsities = [0.9]
+    seeds = [0]
+    [train]
+    epochs = 2
+    batch_size = 100
+    optimizer = "sgd"
+    lr = 0.1
+    [method.grasp]
+    samples_per_class = 2
+    num_iters = 3
+    [method.grasp-more]
+    method = "grasp"
+    samples_per_class = 5
+    num_iters = 2
+    [method.snip-4]
+    method = "snip"
+    num_batches = 4
+    """)
+
+
+def test_snip_and_grasp_scoring_is_timed_at_one_repeat_and_multiplied_per_run(tmp_path):
+    path = tmp_path / "scoring.toml"
+    path.write_text(SCORING_GRID)
+    calls = []
+
+    def measure(config, steps, batch_cap, data_root):
+        hp = config.method.hparams
+        calls.append((config.method.name, {k: getattr(hp, k) for k in
+                                           ("samples_per_class", "num_iters", "num_batches",
+                                            "batch_size") if hasattr(hp, k)}))
+        return {"step_s": 0.2, "batch": 100, "peak_bytes": 2**20, "memory": "rss",
+                "device": "cpu", "data": "synthetic", "train_size": 4000, "test_size": 1000,
+                "setup_s": {"grasp": 7.0, "snip": 2.0, "static": 0.5}[config.method.name],
+                "pass_s": 0.0, "pass_examples": 0, "notes": []}
+
+    result = preflight(load_grid(str(path)).runs, steps=1, batch_cap=None, data_root=None,
+                       measure=measure)
+    # GraSP's entries with the same examples per class share one timing at num_iters = 1
+    # (samples_per_class is kept: whether the data has that many of every class must be
+    # found out); SNIP's two at num_batches = 1 (its batch size is the scoring batch: kept)
+    assert sorted(calls, key=str) == [
+        ("grasp", {"samples_per_class": 2, "num_iters": 1}),
+        ("grasp", {"samples_per_class": 5, "num_iters": 1}),
+        ("snip", {"batch_size": 100, "num_batches": 1}), ("static", {})]
+    plain = 2 * 40 * 0.2 + 2 * 10 * 0.2 / 3
+    setup = {"grasp": 7.0 * 3, "grasp-more": 7.0 * 2, "snip": 2.0, "snip-4": 2.0 * 4,
+             "static": 0.5}
+    for e in result.runs:
+        assert e.parts()["setup"] == pytest.approx(setup[e.built.run.entry])
+        assert e.seconds == pytest.approx(plain + setup[e.built.run.entry])
+    lines = format_report(result, "scoring")
+    assert ("note: SNIP/GraSP scoring timed with num_batches=1, num_iters=1 and multiplied "
+            "by each run's count (grasp x2, grasp x3, snip x4): an upper bound") in lines
+
+
 def test_preflight_reports_a_run_that_cannot_train_and_exits_1(tmp_path, capsys):
     # GraSP needs 10 examples of every class; 30 MNIST-1D examples cannot give them.
     path = tmp_path / "bad.toml"
