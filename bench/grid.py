@@ -41,6 +41,7 @@ sparsity 0. Grids are parsed, never evaluated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -164,6 +165,19 @@ def _build(cls: type, values: dict[str, Any], where: _Where, key: str) -> Any:
         raise where.error(key.split(".")[-1], str(exc)) from None
 
 
+def _no_names(sections: dict[str, dict[str, Any]], key: str, where: _Where) -> None:
+    """`name` in a [data] or [model] section: the axes name every run's dataset and model, so a
+    name there would be ignored; say so instead of training something the user did not ask
+    for."""
+    for section, noun in (("data", "dataset"), ("model", "model")):
+        if "name" in sections[section]:
+            path = (*key.split("."), section, "name") if key else (section, "name")
+            raise where.at(path, f"{'.'.join(path)} = "
+                           f"{toml_value(sections[section]['name'])}: the {noun} of every run "
+                           f"comes from axes.{noun}s; remove the key (settings for one {noun} "
+                           f"go in [by_{noun}.NAME])")
+
+
 @dataclass(frozen=True)
 class Layer:
     """One level of overrides: config sections (train/data/sparsity/model) and, inside a method
@@ -190,9 +204,7 @@ def _layer(table: Any, key: str, where: _Where, method_cls: type | None = None) 
     table = dict(table)
     sections = {name: _section(cls, table.pop(name, {}), where, f"{key}.{name}")
                 for name, cls in SECTIONS.items()}
-    for name in ("name",):
-        sections["data"].pop(name, None)
-        sections["model"].pop(name, None)
+    _no_names(sections, key, where)
     if table and method_cls is None:
         bad = sorted(table)[0]
         raise where.error(key, f"unknown key {bad!r} in [{key}]; valid: "
@@ -239,12 +251,20 @@ def _by_sparsity(tables: Any, sparsities: list, key: str, where: _Where,
             value = None
         match = [float(s) for s in sparsities if value is not None and abs(s - value) < 1e-9]
         if not match:
-            # The key without its closing quote, so the line search finds the table header.
-            raise where.error(f'{key}.by_sparsity."{text}', f"[{key}.by_sparsity.\"{text}\"]: "
-                              "not a sparsity of the "
-                              f"grid; valid: {', '.join(f'{s:g}' for s in sparsities)}")
+            raise where.at((*key.split("."), "by_sparsity", text),
+                           f"[{key}.by_sparsity.\"{text}\"]: not a sparsity of the grid; "
+                           f"valid: {', '.join(f'{s:g}' for s in sparsities)}")
         out[match[0]] = _layer(table, f"{key}.by_sparsity.{text}", where, method_cls)
     return out
+
+
+def _registered(name: str) -> bool:
+    """Whether `name` is a registered method (built in or from a plugin)."""
+    try:
+        get_method(name)
+    except UserError:
+        return False
+    return True
 
 
 def _dotted_name(entry: str) -> str:
@@ -321,11 +341,20 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
     for seed in values["seeds"]:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise where.error("seeds", f"seed {seed!r} must be a non-negative integer")
+    for axis, items in values.items():
+        # A repeated value would expand to the same runs twice (kept once): a typo for another.
+        repeated = next((v for i, v in enumerate(items) if v in items[:i]), None)
+        if repeated is not None:
+            raise where.at(("axes", axis), f"axes.{axis} lists {toml_value(repeated)} twice; "
+                           "give each value once")
+    for key in ("name", "description"):
+        if key in body and (not isinstance(body[key], str)
+                            or (key == "name" and not body[key].strip())):
+            raise where.at((key,), f"{key} = {toml_value(body[key])}: expected "
+                           f"{'a non-empty string' if key == 'name' else 'a string'}")
 
     common = {key: _section(cls, body.get(key, {}), where, key) for key, cls in SECTIONS.items()}
-    for key in ("name",):
-        common["data"].pop(key, None)
-        common["model"].pop(key, None)
+    _no_names(common, "", where)
     method_tables = _method_tables(body, values["methods"], where)
     by_model = _scoped(body.get("by_model", {}), values["models"], "by_model", where)
     by_dataset = _scoped(body.get("by_dataset", {}), values["datasets"], "by_dataset", where)
@@ -337,6 +366,12 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
         if not isinstance(method_name, str):
             raise where.at(("method", entry, "method"), f"method.{entry}.method = "
                            f"{toml_value(method_name)}: expected the name of a registered method")
+        if method_name != entry and _registered(entry):
+            raise where.at(("method", entry, "method"), f"method.{entry}.method = "
+                           f"{toml_value(method_name)}: {entry!r} is a registered method, so "
+                           f"its table cannot make it {method_name}; a variant of "
+                           f"{method_name} needs a name of its own, e.g. [method.{method_name}-"
+                           f"{entry}] with method = {toml_value(method_name)}")
         head, _, rest = entry.partition(".")
         if rest and entry not in method_tables and head in method_tables:
             raise where.at(("method", head, *rest.split(".")), _dotted_name(entry))
@@ -401,7 +436,14 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
                         except UserError as exc:
                             raise where.at(("method", entry), str(exc)) from None
                         run = GridRun(config, entry)
-                        runs.setdefault(run.run_id, run)
+                        same = runs.setdefault(run.run_id, run)
+                        if same.entry != entry:
+                            # Two entries of axes.methods that resolve to one config would be
+                            # trained and reported once, under the first name only.
+                            raise where.at(("method", entry), f"{entry!r} of axes.methods "
+                                           f"resolves to the same runs as {same.entry!r} (e.g. "
+                                           f"{model} {dataset} s={target:g} seed={seed}): no "
+                                           "setting differs; change one or remove it")
     _unused_tables(method_tables, values["methods"], where)
     slurm = body.get("slurm", {})
     if not isinstance(slurm, dict):
@@ -428,9 +470,13 @@ def parse_only(spec: str | None) -> dict[str, str]:
         out[key] = value.strip()
     if "sparsity" in out:
         try:
-            float(out["sparsity"])
+            value = float(out["sparsity"])
         except ValueError:
             raise UserError(f"--only sparsity={out['sparsity']} is not a number") from None
+        # nan would match every run (no distance to it exceeds the tolerance) and inf none.
+        if not math.isfinite(value):
+            raise UserError(f"--only sparsity={out['sparsity']} is not a finite number (a "
+                            "fraction of zeros, e.g. 0.9)")
     if "seed" in out and not out["seed"].isdigit():
         raise UserError(f"--only seed={out['seed']} is not a non-negative integer")
     return out

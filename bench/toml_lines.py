@@ -45,6 +45,10 @@ def read(path: Path, noun: str, what: str | None = None) -> tuple[dict[str, Any]
         line = raw[:exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: the {noun} is not UTF-8 text (byte "
                         f"0x{raw[exc.start]:02x}); save it as UTF-8, as TOML requires") from None
+    if text.startswith("\ufeff"):
+        # Windows editors' "UTF-8 with BOM"; tomllib would only say "Invalid statement".
+        raise UserError(f"{path}:1: the {noun} starts with a byte-order mark (U+FEFF); save it "
+                        "as UTF-8 without BOM, as TOML requires")
     return load(text, path, what or noun), text
 
 

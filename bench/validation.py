@@ -89,7 +89,12 @@ def _num(x: float) -> str:
 
 
 def toml_value(value: Any) -> str:
-    """A value as the user wrote it in TOML (true, "lots", [1, 2]), for messages."""
+    """A value as the user wrote it in TOML (true, "lots", [1, 2], inf, nan), for messages."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (list, tuple)) and any(isinstance(v, float) and not math.isfinite(v)
+                                                for v in value):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, (bool, str, int, float, list, tuple)) or value is None:
         try:
             return json.dumps(list(value) if isinstance(value, tuple) else value)
@@ -206,6 +211,15 @@ def _check_value(where: str, key: str, raw: Any, tp: Any, spec: Check | None) ->
         value = _coerce(raw, tp)
     except _WrongType:
         raise _error(where, key, raw, _expected(tp, spec)) from None
+    # TOML reads inf and nan as floats; no setting means either (an infinite lr or decay
+    # trains a NaN model, a NaN bound compares false with everything).
+    if any(isinstance(item, float) and not math.isfinite(item)
+           for item in (value if isinstance(value, tuple) else (value,))):
+        expected = _expected(tp, spec)
+        finite = ("a list of finite " + expected.removeprefix("a list of ")
+                  if expected.startswith("a list of ") else "a finite " + expected[2:]
+                  if expected.startswith("a ") else f"finite: {expected}")
+        raise _error(where, key, raw, finite)
     if spec is None or value is None:
         return value
     if spec.choices is not None and value not in spec.choices:

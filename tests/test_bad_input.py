@@ -118,6 +118,45 @@ GRID_CASES = [
     ("table-for-no-method", table("[method.snipp]\nbatch_size = 10\n"), [],
      f"{{grid}}:{END + 1}: [method.snipp] configures no entry of axes.methods (dense, static, "
      "gmp, snip, grasp, deepr, str): add 'snipp' there or remove the table"),
+    # Found by a fresh-user pass: each was accepted (or silently ignored) before.
+    ("lr-inf", GRID.replace("lr = 0.1", "lr = inf"), [],
+     "{grid}:11: train.lr = inf: expected a finite number > 0"),
+    ("weight-decay-nan", train("weight_decay = nan"), [],
+     "{grid}:11: train.weight_decay = nan: expected a finite number >= 0"),
+    ("gmp-end-fraction-minus-inf", table("[method.gmp]\nend_fraction = -inf\n"), [],
+     f"{{grid}}:{END + 2}: method.gmp.end_fraction = -inf: expected a finite number in [0, 1]"),
+    ("seeds-repeated", GRID.replace("seeds = [0]", "seeds = [0, 1, 0]"), [],
+     "{grid}:7: axes.seeds lists 0 twice; give each value once"),
+    ("methods-repeated", GRID.replace('"str"]', '"str", "gmp"]'), [],
+     '{grid}:5: axes.methods lists "gmp" twice; give each value once'),
+    ("sparsities-repeated", GRID.replace("[0.5, 0.9]", "[0.5, 0.9, 0.50]"), [],
+     "{grid}:6: axes.sparsities lists 0.5 twice; give each value once"),
+    ("name-not-a-string", GRID.replace('name = "bad"', "name = 5"), [],
+     "{grid}:1: name = 5: expected a non-empty string"),
+    ("description-not-a-string", GRID.replace('name = "bad"', 'name = "bad"\ndescription = 5'),
+     [], "{grid}:2: description = 5: expected a string"),
+    ("data-name", GRID.replace("train_subset = 300", 'name = "cifar10"'), [],
+     '{grid}:15: data.name = "cifar10": the dataset of every run comes from axes.datasets; '
+     "remove the key (settings for one dataset go in [by_dataset.NAME])"),
+    ("method-model-name", table('[method.gmp.model]\nname = "resnet8"\n'), [],
+     f'{{grid}}:{END + 2}: method.gmp.model.name = "resnet8": the model of every run comes '
+     "from axes.models; remove the key (settings for one model go in [by_model.NAME])"),
+    ("registered-method-redefined", table('[method.gmp]\nmethod = "static"\n'), [],
+     f'{{grid}}:{END + 2}: method.gmp.method = "static": \'gmp\' is a registered method, so '
+     "its table cannot make it static; a variant of static needs a name of its own, e.g. "
+     '[method.static-gmp] with method = "static"'),
+    ("variant-identical-to-its-method",
+     GRID.replace('"str"]', '"str", "gmp2"]') + '[method.gmp2]\nmethod = "gmp"\n', [],
+     f"{{grid}}:{END + 1}: 'gmp2' of axes.methods resolves to the same runs as 'gmp' (e.g. "
+     "mnist1d_mlp mnist1d s=0.5 seed=0): no setting differs; change one or remove it"),
+    ("by-sparsity-bare-word", table("[method.gmp.by_sparsity.abc]\nend_fraction = 0.5\n"), [],
+     f'{{grid}}:{END + 1}: [method.gmp.by_sparsity."abc"]: not a sparsity of the grid; valid: '
+     "0.5, 0.9"),
+    ("byte-order-mark", "\ufeff" + GRID, [],
+     "{grid}:1: the grid file starts with a byte-order mark (U+FEFF); save it as UTF-8 "
+     "without BOM, as TOML requires"),
+    ("only-sparsity-nan", GRID, ["--only", "sparsity=nan"],
+     "--only sparsity=nan is not a finite number (a fraction of zeros, e.g. 0.9)"),
     ("malformed-toml", GRID.replace("[data]", "[data"), [],
      "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
      "(at line 14, column 6)"),
