@@ -7,6 +7,7 @@ one line on stderr and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -349,7 +350,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.only:
         raise UserError("--only filters a grid's runs: sparsebench report GRID --only "
                         "key=value,...")
-    ensure_writable(out)
+    # write_report checks the results, the published file and `out` before it creates
+    # anything, and builds the folder aside: nothing is written when the command fails.
     _report(root, out, Path(args.published) if args.published else None, quiet=args.quiet,
             run_ids=run_ids, scope=scope, grid_ids=grid_ids)
     return 0
@@ -360,13 +362,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     from bench.grid import parse_only
 
     root = _root(args.root)
-    if args.sigmas <= 0 or not args.floor >= 0:
-        raise UserError(f"--sigmas must be > 0 and --floor >= 0, got {args.sigmas:g} and "
-                        f"{args.floor:g}")
+    # nan compares false with everything and inf makes every drop a pass: finite only.
+    if not (0 < args.sigmas < math.inf and 0 <= args.floor < math.inf):
+        raise UserError(f"--sigmas must be a finite number > 0 and --floor a finite number "
+                        f">= 0, got {args.sigmas:g} and {args.floor:g}")
     for flag in ("default_std", "default_sparsity_std"):
         value = getattr(args, flag)
-        if value is not None and (not args.pin or not value >= 0):
-            raise UserError(f"--{flag.replace('_', '-')} applies to --pin only and must be >= 0")
+        if value is not None and (not args.pin or not 0 <= value < math.inf):
+            raise UserError(f"--{flag.replace('_', '-')} applies to --pin only and must be a "
+                            "finite number >= 0")
     if args.pin:
         if args.out or args.allow_missing:
             raise UserError("--out and --allow-missing apply to a check, not to --pin")

@@ -405,3 +405,44 @@ def test_check_only_that_selects_nothing(tmp_path, capsys, spec, expected):
     check_one_line(err, expected.format(file=file, root=root))
     assert out == ""
     assert snapshot(tmp_path) == before
+
+
+# report and check with a root that holds results (tests/test_check.py's synthetic runs):
+# a bad flag or file is one line, exit 2, and nothing is written, not even the report folder.
+REPORT_CHECK_CASES = [
+    ("report-published-missing", ["report", "--root", "{root}", "--out", "{tmp}/rep",
+                                  "--published", "{tmp}/nope.toml"],
+     "cannot read published numbers file {tmp}/nope.toml: No such file or directory"),
+    ("report-grid-without-results", ["report", "snip_lenet300_100", "--root", "{root}",
+                                     "--out", "{tmp}/rep"],
+     "no results for grid snip_lenet300_100 under {root}/runs: run a grid first"),
+    ("check-sigmas-nan", ["check", "--baseline", "{tmp}/b.json", "--root", "{root}",
+                          "--sigmas", "nan"],
+     "--sigmas must be a finite number > 0 and --floor a finite number >= 0, got nan and 0.5"),
+    ("check-floor-inf", ["check", "--baseline", "{tmp}/b.json", "--root", "{root}",
+                         "--floor", "inf"],
+     "--sigmas must be a finite number > 0 and --floor a finite number >= 0, got 3 and inf"),
+    ("check-default-std-inf", ["check", "--baseline", "{tmp}/b2.json", "--root", "{root}",
+                               "--pin", "--default-std", "inf"],
+     "--default-std applies to --pin only and must be a finite number >= 0"),
+    ("check-baseline-is-a-folder", ["check", "--baseline", "{root}", "--root", "{root}"],
+     "cannot read baseline {root}: Is a directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), [c[1:] for c in REPORT_CHECK_CASES],
+                         ids=[c[0] for c in REPORT_CHECK_CASES])
+def test_report_and_check_bad_input_write_nothing(tmp_path, capsys, args, expected):
+    from tests.test_check import BASE, _root
+
+    root = _root(tmp_path / "root", list(BASE))
+    assert main(["check", "--baseline", str(tmp_path / "b.json"), "--root", str(root),
+                 "--pin"]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    fill = {"root": root, "tmp": tmp_path}
+    assert main([a.format(**fill) for a in args]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, expected.format(**fill))
+    assert out == ""
+    assert snapshot(tmp_path) == before

@@ -299,7 +299,9 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"baseline {path} does not exist; pin one with "
                         f"`sparsebench check --baseline {path} --root DIR --pin`") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise UserError(f"cannot read baseline {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
         raise UserError(f"cannot read baseline {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"baseline {path} is not valid JSON (line {exc.lineno}: "
