@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.errors import UserError
 
 DEFAULT_ROOT = "sparsebench-runs"
+PREFLIGHT_STEPS = 3  # timed steps per recipe when --preflight-steps is not given
 QUIET_HELP = ("print only errors and one-line summaries (no progress bars, per-run lines or "
               "tables)")
 
@@ -51,7 +52,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = _root(args.root)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a number of runs at once >= 1")
+    preflight_flags = [f for f, v in (("--preflight-steps", args.preflight_steps),
+                                       ("--preflight-batch", args.preflight_batch))
+                       if v is not None]
+    if args.preflight and args.dry_run:
+        raise UserError("--preflight and --dry-run are two different checks; give one")
+    if preflight_flags and not args.preflight:
+        raise UserError(f"{preflight_flags[0]} only applies to --preflight")
     if args.preflight:
+        if args.executor != "slurm":
+            _no_slurm_flags(args)
         return _preflight(args, grid, runs)
     data_root = Path(args.data_root) if args.data_root else None
     if args.dry_run:
@@ -133,7 +143,8 @@ def _preflight(args: argparse.Namespace, grid, runs) -> int:
     from bench.preflight import format_report, preflight
 
     data_root = Path(args.data_root) if args.data_root else None
-    result = preflight(runs, args.preflight_steps, args.preflight_batch, data_root,
+    steps = PREFLIGHT_STEPS if args.preflight_steps is None else args.preflight_steps
+    result = preflight(runs, steps, args.preflight_batch, data_root,
                        log=lambda line: print(line, file=sys.stderr))
     print("\n".join(format_report(result, grid.name)))
     return 1 if any(e.error for e in result.runs) else 0
@@ -486,8 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "steps of each distinct recipe (synthetic data of the real shape when the "
                      "dataset is absent); print params, MACs, step time, peak memory and the "
                      "grid's estimated device-hours; write nothing")
-    run.add_argument("--preflight-steps", type=int, default=3,
-                     help="timed steps per recipe, after one warm-up step (default 3)")
+    run.add_argument("--preflight-steps", type=int,
+                     help="timed steps per recipe, after one warm-up step (default "
+                     f"{PREFLIGHT_STEPS})")
     run.add_argument("--preflight-batch", type=int, metavar="N", help="time steps at batch "
                      "at most N and scale per example (for CPUs that cannot hold the real batch)")
     run.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")

@@ -157,6 +157,12 @@ GRID_CASES = [
      "without BOM, as TOML requires"),
     ("only-sparsity-nan", GRID, ["--only", "sparsity=nan"],
      "--only sparsity=nan is not a finite number (a fraction of zeros, e.g. 0.9)"),
+    ("preflight-and-dry-run", GRID, ["--preflight", "--dry-run"],
+     "--preflight and --dry-run are two different checks; give one"),
+    ("preflight-steps-without-preflight", GRID, ["--dry-run", "--preflight-steps", "1"],
+     "--preflight-steps only applies to --preflight"),
+    ("preflight-slurm-flag", GRID, ["--preflight", "--partition", "gpu"],
+     "--partition only applies to --executor slurm"),
     ("malformed-toml", GRID.replace("[data]", "[data"), [],
      "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
      "(at line 14, column 6)"),
