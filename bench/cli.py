@@ -40,6 +40,7 @@ def ensure_writable(root: Path) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from bench import store
     from bench.digests import Digests
     from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
@@ -85,10 +86,15 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"done, {len(todo.order)} to run under {root}")
     started = time.perf_counter()
     failed = 0
+    # Runs whose process ended without writing a result (killed, out of memory): nothing on
+    # disk says they failed, so _failures is told.
+    lost: set[str] = set()
     with tqdm(total=len(todo.order), unit="run", disable=not todo.order or args.quiet) as bar:
         def on_result(run, result):
             nonlocal failed
             cfg = run.config
+            if result["status"] != "ok" and store.read_result(run_folder(root, cfg)) is None:
+                lost.add(run.run_id)
             status = (f"top1 {result['top1']:.1f}%" if result["status"] == "ok"
                       else f"FAILED: {result['error']}" if result["status"] == "failed"
                       else f"ERROR ({result.get('error_kind')}): {result['error']}")
@@ -114,17 +120,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         _report(root, Path(args.out) if args.out else root / "report", quiet=args.quiet,
                 run_ids={r.run_id for r in grid.runs}, scope=f"grid {grid.name}")
     _target_warnings(runs, root)
-    return _failures(grid.name, runs, root)
+    return _failures(grid.name, runs, root, lost)
 
 
-def _failures(name: str, runs, root: Path) -> int:
+def _failures(name: str, runs, root: Path, lost: set[str] = frozenset()) -> int:
     """1, with a line saying how many and what to do, when any run of the selection has a
-    result that is not ok (failed now or before); else 0."""
+    result that is not ok (failed now or before) or is in `lost` (its process ended without
+    a result: an error of the environment); else 0."""
     from bench import store
     from bench.run import run_folder
 
     results = [store.read_result(run_folder(root, run.config)) for run in runs]
     bad = [r for r in results if r is not None and r.get("status") != "ok"]
+    bad += [{"status": "error"} for run, r in zip(runs, results, strict=True)
+            if r is None and run.run_id in lost]
     if not bad:
         return 0
     training = sum(r.get("status") == "failed" for r in bad)

@@ -4,8 +4,13 @@ when any run of the grid failed and says how many."""
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
+import threading
+import time
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +135,55 @@ def test_run_exits_1_and_says_how_many_failed(tmp_path, data_root, capsys, monke
     assert err.splitlines()[-1:] == ["sparsebench: 1 of 2 runs of grid t failed: 1 in training "
                                 "(rerun with --retry-failed to retry)"]
     assert main([*args, "--only", "method=dense"]) == 0
+
+
+def test_a_run_whose_process_is_killed_makes_run_exit_1(tmp_path, data_root, capsys):
+    """A local job killed before it writes a result (kill -9, the OOM killer) is an error of
+    the environment: `run` counts it and exits 1. It exited 0 before, since nothing on disk
+    said the run failed."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(textwrap.dedent("""\
+        name = "k"
+        [axes]
+        models = ["mnist1d_mlp"]
+        datasets = ["mnist1d"]
+        methods = ["dense"]
+        sparsities = [0.0]
+        seeds = [0]
+        [train]
+        epochs = 1000000
+        [data]
+        train_subset = 100
+        """))
+    root = tmp_path / "root"
+    marker = str(root / "local").encode()
+    killed: list[int] = []
+
+    def kill_the_job() -> None:  # the job process is submitit's, started by run_local
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"submitit.core._submit" in cmdline and marker in cmdline:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_job)
+    killer.start()
+    code = main(["run", str(grid), "--root", str(root), "--data-root", str(data_root),
+                 "--no-report", "-q"])
+    killer.join()
+    out, err = capsys.readouterr()
+    assert len(killed) == 1
+    assert code == 1
+    assert "dense          s=0     seed=0  ERROR (environment): the job ended without a " \
+           "result" in out
+    assert err.splitlines() == ["sparsebench: 1 of 1 runs of grid k failed: 1 by an error of "
+                                "the environment (a plain rerun retries)"]
 
 
 def test_every_config_and_hparams_field_declares_its_check():
