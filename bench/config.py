@@ -19,6 +19,9 @@ from bench.validation import build, check, check_values, validate
 LAYER_POLICIES = ("all", "dense_first", "dense_last", "dense_first_last")
 DISTRIBUTIONS = ("default", "uniform", "erk", "learned")
 OPTIMIZERS = ("sgd", "adam")
+# Seeds are mixed into torch generator seeds (seed * 1_000_003 + epoch, bench/data/base.py),
+# which must fit 64 bits; 2**32 - 1 is ample and numpy's classic bound.
+MAX_SEED = 2**32 - 1
 LR_SCHEDULES = ("constant", "step", "cosine")
 SCHEDULE_UNITS = ("epoch", "step")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -110,7 +113,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
-    seed: int = field(default=0, metadata=check(ge=0))
+    seed: int = field(default=0, metadata=check(ge=0, le=MAX_SEED))
 
     def validate(self) -> None:
         """Raise UserError with one clear line for any value its field's type and constraints

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import (
+    MAX_SEED,
     DataConfig,
     MethodConfig,
     ModelConfig,
@@ -339,8 +340,8 @@ def expand(body: dict[str, Any], path: Path, text: str = "") -> Grid:
             raise where.error("sparsities", f"sparsity {s!r} is outside [0, 1): "
                               "use e.g. 0.9 for 90% zeros")
     for seed in values["seeds"]:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise where.error("seeds", f"seed {seed!r} must be a non-negative integer")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise where.error("seeds", f"seed {seed!r} must be an integer in [0, {MAX_SEED}]")
     for axis, items in values.items():
         # A repeated value would expand to the same runs twice (kept once): a typo for another.
         repeated = next((v for i, v in enumerate(items) if v in items[:i]), None)

@@ -163,6 +163,8 @@ GRID_CASES = [
      "--preflight-steps only applies to --preflight"),
     ("preflight-slurm-flag", GRID, ["--preflight", "--partition", "gpu"],
      "--partition only applies to --executor slurm"),
+    ("seed-beyond-64-bits", GRID.replace("seeds = [0]", "seeds = [18446744073709551616]"), [],
+     "{grid}:7: seed 18446744073709551616 must be an integer in [0, 4294967295]"),
     ("malformed-toml", GRID.replace("[data]", "[data"), [],
      "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
      "(at line 14, column 6)"),
