@@ -287,11 +287,16 @@ def _slurm_overrides(args: argparse.Namespace, grid_table: dict) -> dict:
 
 
 def _submit_slurm(args: argparse.Namespace, grid, runs, root: Path, data_root) -> int:
-    from bench.launch import slurm_settings, submit_slurm
+    from bench.launch import plan, slurm_settings, submit_slurm
+    from bench.launch.slurm import cluster_max_array_size
     from bench.launch.slurm_settings import check_gpus
 
     settings = slurm_settings(grid.slurm, _slurm_overrides(args, grid.slurm), source=grid.path)
     check_gpus(settings, {r.config.train.world_size for r in runs})
+    if plan(runs, root, args.retry_failed).order:
+        # Reach the controller before the root, the manifest or the submit lock is written:
+        # an unreachable SLURM is bad input too (one line, nothing written).
+        cluster_max_array_size()
     ensure_writable(root)
     sub = submit_slurm(runs, root, data_root, settings, retry_failed=args.retry_failed,
                        name=f"sb-{grid.name}")

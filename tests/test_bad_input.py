@@ -454,3 +454,29 @@ def test_report_and_check_bad_input_write_nothing(tmp_path, capsys, args, expect
     check_one_line(err, expected.format(**fill))
     assert out == ""
     assert snapshot(tmp_path) == before
+
+
+def test_unreachable_slurm_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """scontrol that cannot find its controller prints several lines and exits 1 (as on a
+    machine with SLURM's client but no cluster): one line (its last, the reason), exit 2, and
+    neither the root nor its slurm/ folder or submit lock is created."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("scontrol", "squeue", "sbatch"):
+        script = bin_dir / tool
+        script.write_text("#!/bin/sh\n"
+                          f"echo '{tool}: error: resolve_ctls_from_dns_srv: res_nsearch error: "
+                          "Unknown host' >&2\n"
+                          f"echo '{tool}: fatal: Could not establish a configuration source' >&2\n"
+                          "exit 1\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    before = snapshot(tmp_path)
+    assert main(["run", str(grid), "--root", str(tmp_path / "root"), "--executor", "slurm"]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, "SLURM is not reachable: scontrol show failed: scontrol: fatal: Could "
+                   "not establish a configuration source")
+    assert out == ""
+    assert snapshot(tmp_path) == before

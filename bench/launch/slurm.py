@@ -51,8 +51,10 @@ def _slurm(*args: str, timeout: float = 60) -> str:
         raise UserError(f"SLURM is not reachable: {args[0]} did not answer in "
                         f"{timeout:.0f} s") from None
     if proc.returncode != 0:
+        # One line: the last line the tool printed says why (scontrol ends with "fatal: ...").
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         raise UserError(f"SLURM is not reachable: {' '.join(args[:2])} failed: "
-                        f"{proc.stderr.strip() or proc.returncode}")
+                        f"{lines[-1] if lines else f'exit status {proc.returncode}'}")
     return proc.stdout
 
 
