@@ -321,6 +321,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     root = _root(args.root)
+    if root.exists() and not root.is_dir():  # else every run would read "missing"
+        raise UserError(f"output root {root} is a file, not a folder; pass --root DIR or set "
+                        "SPARSEBENCH_ROOT")
     states, used_slurm = status(select(grid, parse_only(args.only)), root)
     counts = dict.fromkeys(STATES, 0)
     for st in states:

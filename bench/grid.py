@@ -112,7 +112,11 @@ def resolve_grid_path(spec: str) -> Path:
                         f"built-in grid ({', '.join(sorted(builtin_grids()))})")
     if path.suffix == ".toml" or path.exists():
         if not path.exists():
-            raise UserError(f"grid file {spec} does not exist")
+            builtin = path.stem if path.parent == Path(".") and path.stem in builtin_grids() \
+                else None
+            raise UserError(f"grid file {spec} does not exist"
+                            + (f"; the built-in grid is named {builtin}, without .toml"
+                               if builtin else ""))
         return path
     grids = builtin_grids()
     if spec in grids:

@@ -480,3 +480,27 @@ def test_unreachable_slurm_is_one_line_and_writes_nothing(tmp_path, capsys, monk
                    "not establish a configuration source")
     assert out == ""
     assert snapshot(tmp_path) == before
+
+
+def test_status_of_a_root_that_is_a_file(tmp_path, capsys):
+    """It listed every run as missing, as if the root were empty."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    root = tmp_path / "root"
+    root.write_text("oops")
+    before = snapshot(tmp_path)
+    assert main(["status", str(grid), "--root", str(root)]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, f"output root {root} is a file, not a folder; pass --root DIR or set "
+                   "SPARSEBENCH_ROOT")
+    assert out == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_builtin_grid_named_with_toml_suffix(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "smoke.toml", "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, "grid file smoke.toml does not exist; the built-in grid is named smoke, "
+                   "without .toml")
+    assert out == "" and list(tmp_path.iterdir()) == []
