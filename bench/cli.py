@@ -243,10 +243,16 @@ def _target_warnings(runs, root: Path) -> None:
 def _report(root: Path, out: Path, published: Path | None = None, quiet: bool = False,
             run_ids: set[str] | None = None, scope: str = "",
             grid_ids: set[str] | None = None) -> None:
+    from bench.report import published as published_numbers
     from bench.report import write_report
 
     paths = write_report(root, out, published, run_ids, scope, grid_ids)
     print(f"report: {out} ({len(paths)} files; open {out / 'index.html'})")
+    if published is None and not published_numbers.DEFAULT_PATH.is_file():
+        # A regular (not editable) install has no repository around it: say why the published
+        # rows are missing instead of leaving them out silently.
+        print(f"note: no published numbers shown: {published_numbers.DEFAULT_PATH} is absent "
+              "(an install that is not editable); pass --published FILE")
     if quiet:
         return
     for path in paths:

@@ -373,3 +373,16 @@ def test_default_report_uses_the_repository_file(tmp_path):
             "—", "0.9805", "0.5M", "—", "—"] in others
     assert "thin_dense at 80%: trained for 2x the epochs" in board
     assert "<!-- published -->" in (out / "resnet50-imagenet" / "macs.svg").read_text()
+
+
+def test_report_says_when_the_default_file_is_absent(built, tmp_path, capsys, monkeypatch):
+    """After `pip install .` (not -e) the repository's file is not next to the package: the
+    report has no published rows and says why, instead of dropping them silently."""
+    root, _, _ = built
+    missing = tmp_path / "baselines" / "published.toml"
+    monkeypatch.setattr(published, "DEFAULT_PATH", missing)
+    assert main(["report", "--root", str(root), "--out", str(tmp_path / "rep"), "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (f"note: no published numbers shown: {missing} is absent (an install "
+                         "that is not editable); pass --published FILE")
+    assert "(published:" not in (tmp_path / "rep" / "leaderboard.md").read_text()
