@@ -44,13 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.digests import Digests
     from bench.environment import check_root, check_runs
     from bench.grid import load_grid, parse_only, select
-    from bench.launch import plan, run_debug, run_local
+    from bench.launch import plan, run_debug, run_local, slurm_settings
     from bench.progress import Watcher
     from bench.run import run_folder
 
     grid = load_grid(args.grid)
     runs = select(grid, parse_only(args.only))
     root = _root(args.root)
+    if args.executor != "slurm":
+        # The grid's [slurm] table is part of the file: a typo in it is an error whichever
+        # executor runs the grid today (--executor slurm checks it with its flags below).
+        slurm_settings(grid.slurm, source=grid.path)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a number of runs at once >= 1")
     preflight_flags = [f for f, v in (("--preflight-steps", args.preflight_steps),

@@ -165,6 +165,9 @@ GRID_CASES = [
      "--partition only applies to --executor slurm"),
     ("seed-beyond-64-bits", GRID.replace("seeds = [0]", "seeds = [18446744073709551616]"), [],
      "{grid}:7: seed 18446744073709551616 must be an integer in [0, 4294967295]"),
+    ("slurm-table-typo-locally", table('[slurm]\npartion = "gpu"\n'), [],
+     f"{{grid}}:{END + 2}: unknown key 'partion' in [slurm]; valid: "
+     f"{', '.join(sorted(SLURM_KEYS))}"),
     ("malformed-toml", GRID.replace("[data]", "[data"), [],
      "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
      "(at line 14, column 6)"),
