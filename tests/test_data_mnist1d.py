@@ -50,3 +50,34 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(data_root):
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
     assert sorted(torch.cat(first).tolist()) == sorted(bundle.train.tensors[1].tolist())
+
+
+def test_a_run_waiting_for_the_cache_lock_says_what_the_holder_may_be_doing(data_root, capsys):
+    """Parallel runs and DDP ranks hold the cache's lock while they read and check an existing
+    cache, not only while one writes it; the wait said "to write" whenever two runs started
+    together (every DDP run)."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    from bench.data.mnist1d import cache_path
+
+    cfg = DataConfig(name="mnist1d")
+    load_dataset(cfg, data_root)  # the cache exists: nobody needs to write it
+    path = cache_path(cfg, data_root)
+    lock = FileLock(path.with_name(path.name + ".lock"), is_singleton=False, thread_local=False)
+    lock.acquire()
+    loaded = []
+    reader = threading.Thread(target=lambda: loaded.append(load_dataset(cfg, data_root)))
+    reader.start()
+    deadline = time.monotonic() + 60
+    out = ""
+    while "waiting" not in out and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out += capsys.readouterr().out
+    lock.release()
+    reader.join()
+    assert out == (f"sparsebench: waiting for another process using the data cache {path} "
+                   "(checking or writing it)\n")
+    assert len(loaded[0].train) == 4000

@@ -176,8 +176,8 @@ def load_decoded(name: str, root: Path, base: Path, train: list[tuple[str, int]]
                    "memory for this run (point --data-root / SPARSEBENCH_DATA at a writable "
                    "folder to decode them once)")
         return fresh()
-    with hold(path.with_name(path.name + ".lock"), f"waiting for another process to write "
-              f"the data cache {path}"):
+    with hold(path.with_name(path.name + ".lock"), f"waiting for another process using the "
+              f"data cache {path} (checking or writing it)"):
         tensors = read_cache(path, source, shape)
         if tensors is None:
             store.clean_temp_files(path.parent)

@@ -117,8 +117,8 @@ def load(cfg: DataConfig, root: Path) -> DataBundle:
     check(cfg, root)
     path = cache_path(cfg, root)
     # Parallel runs share the cache: one generates it, the others wait and read it.
-    with hold(path.with_name(path.name + ".lock"), f"waiting for another process to write "
-              f"the data cache {path}"):
+    with hold(path.with_name(path.name + ".lock"), f"waiting for another process using the "
+              f"data cache {path} (checking or writing it)"):
         tensors = read_cache(path, cfg.num_samples)
         if tensors is None:
             store.clean_temp_files(path.parent)
