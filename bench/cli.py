@@ -483,6 +483,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         print(describe_method(what[1]))
         return 0
+    if what == ["method"] and not Path("method").exists():
+        from bench import catalog
+
+        raise UserError(f"show method needs a method's name: show method NAME, with NAME one "
+                        f"of {', '.join(sorted(catalog.methods()))}")
     if len(what) != 1:
         raise UserError(f"show {' '.join(what)}: valid are `show GRID` and `show method NAME`")
     from bench.grid import load_grid, parse_only, select

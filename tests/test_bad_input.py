@@ -507,3 +507,14 @@ def test_builtin_grid_named_with_toml_suffix(tmp_path, capsys, monkeypatch):
     check_one_line(err, "grid file smoke.toml does not exist; the built-in grid is named smoke, "
                    "without .toml")
     assert out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_show_method_without_a_name(tmp_path, capsys, monkeypatch):
+    """It was read as a grid named 'method' and refused as an unknown grid."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "method"]) == 2
+    out, err = capsys.readouterr()
+    check_one_line(err, "show method needs a method's name: show method NAME, with NAME one of "
+                   "deepr, dense, dsr, eigendamage, gmp, grasp, rigl, set, snip, static, str, "
+                   "thin_dense")
+    assert out == ""
