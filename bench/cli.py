@@ -229,7 +229,20 @@ def _epoch_loggers(args: argparse.Namespace) -> None:
         except ImportError:
             raise UserError(f"{flag} needs the {module} package: "
                             f"pip install 'sparsebench[{extra}]'") from None
+        if flag == "--tensorboard":
+            _check_folder(flag, Path(value))
         os.environ[env] = str(Path(value).resolve()) if flag == "--tensorboard" else value
+
+
+def _check_folder(flag: str, folder: Path) -> None:
+    """`folder` is, or can be created as, a writable folder (else every run would fail when it
+    opens its log there)."""
+    from bench import store
+
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder")
+    if not store.writable_folder(folder if folder.exists() else store.creation_parent(folder)):
+        raise UserError(f"{flag} {folder} is not a writable folder")
 
 
 def _target_warnings(runs, root: Path) -> None:

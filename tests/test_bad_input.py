@@ -168,6 +168,8 @@ GRID_CASES = [
     ("slurm-table-typo-locally", table('[slurm]\npartion = "gpu"\n'), [],
      f"{{grid}}:{END + 2}: unknown key 'partion' in [slurm]; valid: "
      f"{', '.join(sorted(SLURM_KEYS))}"),
+    ("tensorboard-folder-is-a-file", GRID, ["--tensorboard", "{grid}"],
+     "--tensorboard {grid} is a file, not a folder"),
     ("malformed-toml", GRID.replace("[data]", "[data"), [],
      "{grid}:14: malformed grid: Expected ']' at the end of a table declaration "
      "(at line 14, column 6)"),
@@ -214,7 +216,7 @@ def test_bad_grid_or_flag(tmp_path, capsys, text, args, expected):
     data.mkdir()
     before = snapshot(tmp_path)
     code = main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root", str(data),
-                 "--executor", "debug", *args])
+                 "--executor", "debug", *[a.format(grid=grid) for a in args]])
     out, err = capsys.readouterr()
     assert code == 2
     check_one_line(err, expected.format(grid=grid))
