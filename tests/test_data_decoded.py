@@ -63,12 +63,11 @@ def cache_file(root: Path) -> Path:
 
 
 def assert_same_images(cached: TensorDataset, files) -> None:
-    x, y = cached.tensors
-    assert len(x) == len(files)
+    assert len(cached) == len(files)
     for i in range(len(files)):
         image, label = files[i]
-        assert torch.equal(x[i], image), i  # bit for bit, not close
-        assert int(y[i]) == label
+        assert torch.equal(cached[i][0], image), i  # bit for bit, not close
+        assert int(cached[i][1]) == label
 
 
 def test_cache_equals_decoding_each_file_pixel_for_pixel(tmp_path):

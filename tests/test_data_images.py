@@ -100,11 +100,14 @@ def test_cifar10_reads_py2_pickles_exactly(tmp_path):
     x_tr, y_tr, x_te, y_te = write_cifar10(tmp_path)
     b = load_dataset(DataConfig(name="cifar10"), tmp_path)
     assert (b.input_shape, b.num_classes, b.batch_transform) == ((3, 32, 32), 10, None)
-    xt, yt = b.train.tensors
+    # Held as the file's uint8 pixels; items and batches are normalised float32.
+    assert torch.equal(b.train.tensors[0], torch.from_numpy(x_tr))
+    assert torch.equal(b.test.tensors[0], torch.from_numpy(x_te))
+    xt, yt = b.train[:]
     assert xt.shape == (100, 3, 32, 32) and xt.dtype == torch.float32
     assert torch.equal(yt, torch.from_numpy(y_tr))
     torch.testing.assert_close(xt, normalised(x_tr, CIFAR10.mean, CIFAR10.std), atol=1e-5, rtol=0)
-    xe, ye = b.test.tensors
+    xe, ye = b.test[:]
     assert torch.equal(ye, torch.from_numpy(y_te))
     torch.testing.assert_close(xe, normalised(x_te, CIFAR10.mean, CIFAR10.std), atol=1e-5, rtol=0)
     # A black pixel, channel 0: (0 - 0.4914) / 0.2470.
@@ -118,7 +121,8 @@ def test_cifar100_uses_fine_labels_and_subset(tmp_path):
     assert (b.input_shape, b.num_classes, b.train_size, len(b.test)) == ((3, 32, 32), 100, 7, 30)
     assert torch.equal(b.train.tensors[1], torch.from_numpy(y_tr[:7]))
     assert torch.equal(b.test.tensors[1], torch.from_numpy(y_te))
-    torch.testing.assert_close(b.train.tensors[0], normalised(x_tr[:7], CIFAR100.mean,
+    assert torch.equal(b.train.tensors[0], torch.from_numpy(x_tr[:7]))
+    torch.testing.assert_close(b.train[:][0], normalised(x_tr[:7], CIFAR100.mean,
                                                               CIFAR100.std), atol=1e-5, rtol=0)
 
 
@@ -186,7 +190,7 @@ def test_cifar_augmentation_is_a_padded_crop_and_flip_from_the_generator(tmp_pat
     b = load_dataset(DataConfig(name="cifar10", augment=True), tmp_path)
     t = b.batch_transform
     assert isinstance(t, PadCropFlip) and t.padding == 4
-    x = b.train.tensors[0][:48]
+    x = b.train[:48][0]
     out = t(x, torch.Generator().manual_seed(3))
     assert out.shape == x.shape
     fill = torch.tensor(t.fill)
@@ -202,7 +206,7 @@ def test_cifar_augmentation_is_a_padded_crop_and_flip_from_the_generator(tmp_pat
     assert torch.equal(out, t(x, torch.Generator().manual_seed(3)))
     assert not torch.equal(out, t(x, torch.Generator().manual_seed(4)))
     # The input batch is not modified in place.
-    assert torch.equal(x, b.train.tensors[0][:48])
+    assert torch.equal(x, b.train[:48][0])
 
 
 def test_augmented_epochs_are_reproducible(tmp_path):
@@ -249,8 +253,9 @@ def test_mnist_reads_idx_exactly(tmp_path, gz):
     a = write_mnist(tmp_path, gz)
     b = load_dataset(DataConfig(name="mnist"), tmp_path)
     assert (b.input_shape, b.num_classes, b.batch_transform) == ((1, 28, 28), 10, None)
-    x, y = b.train.tensors
-    assert x.shape == (50, 1, 28, 28)
+    assert torch.equal(b.train.tensors[0], torch.from_numpy(a["train-images-idx3-ubyte"][:, None]))
+    x, y = b.train[:]
+    assert x.shape == (50, 1, 28, 28) and x.dtype == torch.float32
     assert torch.equal(y, torch.from_numpy(a["train-labels-idx1-ubyte"].astype(np.int64)))
     expected = (a["train-images-idx3-ubyte"][:, None] / 255.0 - 0.1307) / 0.3081
     torch.testing.assert_close(x, torch.from_numpy(expected).float(), atol=1e-5, rtol=0)
@@ -258,7 +263,7 @@ def test_mnist_reads_idx_exactly(tmp_path, gz):
     assert torch.equal(b.test.tensors[1],
                        torch.from_numpy(a["t10k-labels-idx1-ubyte"].astype(np.int64)))
     sub = load_dataset(DataConfig(name="mnist", train_subset=5), tmp_path)
-    assert torch.equal(sub.train.tensors[0], x[:5]) and len(sub.test) == 20
+    assert torch.equal(sub.train[:][0], x[:5]) and len(sub.test) == 20
 
 
 def test_mnist_errors(tmp_path):

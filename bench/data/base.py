@@ -2,7 +2,9 @@
 
 Two paths, one order. The order of an epoch is ``randperm`` from the epoch generator; batch
 augmentation draws from the same generator after it. In-memory datasets (``TensorDataset``) are
-indexed directly, on whatever device their tensors live (``DataBundle.to`` moves them once).
+indexed directly, on whatever device their tensors live (``DataBundle.to`` moves them once);
+decoded image sets hold uint8 pixels (``bench.data.stored.Uint8Images``) and each batch is
+normalised where it lives, before the batch augmentation, as when the set was held normalised.
 File datasets (ImageNet, Tiny-ImageNet) go through a ``DataLoader`` with worker processes; each
 sample's per-image transform is seeded from (epoch generator seed, sample index), so augmented
 images do not depend on the number of workers, on which worker decoded a sample, or on whether
@@ -21,6 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from bench.data.stored import Uint8Images
 
 # Train-time augmentation applied to a whole batch, drawing from the given generator so that a
 # resumed run sees the same augmented batches.
@@ -59,6 +63,8 @@ class DataBundle:
         """In-memory datasets moved to `device` once (a no-op on their current device); file
         datasets stay where their loader workers put them."""
         def move(ds: Dataset) -> Dataset:
+            if isinstance(ds, Uint8Images) and ds.tensors[0].device != device:
+                return ds.to(device)
             if isinstance(ds, TensorDataset) and ds.tensors[0].device != device:
                 return TensorDataset(*(t.to(device) for t in ds.tensors))
             return ds
@@ -190,6 +196,13 @@ def iterate_batches(
     first = min(start * batch_size, stop)
     if isinstance(dataset, TensorDataset):
         x_all, y_all = dataset.tensors
+        # The images of a batch as the model sees them: stored uint8 pixels are normalised
+        # first, so augmentation gets what it got when the set was held normalised.
+        if isinstance(dataset, Uint8Images):
+            def images(i: torch.Tensor) -> torch.Tensor:
+                return dataset.batch(x_all[i])
+        else:
+            images = x_all.__getitem__
         order = order.to(x_all.device)
         for begin in range(0, stop, batch_size):
             idx = order[begin : begin + batch_size]
@@ -198,19 +211,19 @@ def iterate_batches(
                     if hasattr(transform, "advance"):
                         transform.advance(len(idx), generator)
                     else:
-                        transform(x_all[idx], generator)
+                        transform(images(idx), generator)
                 continue
             if shard is None:
-                x = x_all[idx]
+                x = images(idx)
                 if augment:
                     x = transform(x, generator)
                 yield x, y_all[idx]
             elif augment:  # the draws are the whole batch's
                 part = shard_part(len(idx), shard)
-                yield transform(x_all[idx], generator)[part], y_all[idx][part]
+                yield transform(images(idx), generator)[part], y_all[idx][part]
             else:
                 idx = idx[shard_part(len(idx), shard)]
-                yield x_all[idx], y_all[idx]
+                yield images(idx), y_all[idx]
         return
     dropped = 0  # batches loaded only to replay a transform that cannot advance()
     if augment and first:

@@ -2,10 +2,12 @@
 ``<root>/cifar-10-batches-py/data_batch_1..5, test_batch`` and
 ``<root>/cifar-100-python/train, test``.
 
-The whole set is loaded into memory as normalised float32 tensors; train-time augmentation
-(random crop 32 with 4-pixel zero padding + horizontal flip, as in torchvision's
-``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``) runs vectorised on each batch and draws
-only from the batch generator, so it is reproducible and resumable.
+The whole set is held in memory as its uint8 pixels (``bench.data.stored.Uint8Images``: 150
+MB for CIFAR-10's training set, not 600 MB of float32), each batch normalised to float32 on its
+device bit for bit as ``normalise`` of the whole set would; train-time augmentation (random
+crop 32 with 4-pixel zero padding + horizontal flip, as in torchvision's
+``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``) runs vectorised on each normalised
+batch and draws only from the batch generator, so it is reproducible and resumable.
 
 The batch files are Python 2 pickles. We unpickle them with an allow-list (dicts, lists, bytes
 and plain numpy uint8 arrays) so a tampered file cannot run code.
@@ -19,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from bench.config import DataConfig
 from bench.data.base import DataBundle
+from bench.data.stored import Uint8Images
 from bench.errors import UserError
 
 SHAPE = (3, 32, 32)
@@ -177,13 +179,16 @@ def load_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> DataBund
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     if cfg.train_subset:
-        x_train, y_train = x_train[: cfg.train_subset], y_train[: cfg.train_subset]
+        # Copies, so the whole set's pixels are released.
+        x_train, y_train = x_train[: cfg.train_subset].copy(), y_train[: cfg.train_subset].copy()
     x_test, y_test = read_batch(folder / variant.test_file, variant.label_key,
                                 variant.num_classes)
-    train = TensorDataset(normalise(torch.from_numpy(x_train), variant.mean, variant.std),
-                          torch.from_numpy(y_train))
-    test = TensorDataset(normalise(torch.from_numpy(x_test), variant.mean, variant.std),
-                         torch.from_numpy(y_test))
+
+    def stored(x: np.ndarray, y: np.ndarray) -> Uint8Images:
+        return Uint8Images.from_normalise(torch.from_numpy(x), torch.from_numpy(y),
+                                          lambda u: normalise(u, variant.mean, variant.std))
+
+    train, test = stored(x_train, y_train), stored(x_test, y_test)
     transform = pad_crop_flip(variant.mean, variant.std) if cfg.augment else None
     return DataBundle(train, test, SHAPE, variant.num_classes, transform)
 

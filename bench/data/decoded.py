@@ -3,8 +3,9 @@
 Decoding 110,000 JPEGs with PIL every epoch (or every run) keeps a GPU waiting; the decoded set
 is 1.35 GB of uint8, so it is decoded once, with DataLoader workers, into
 ``<data root>/cache/<name>-uint8.pt`` and every later load reads that file and takes the
-in-memory path (``TensorDataset``, moved to the training device once, batch augmentation drawn
-from the run's batch generator on the device).
+in-memory path (the uint8 images as ``bench.data.stored.Uint8Images``, moved to the training
+device once, each batch normalised and augmented there, drawing from the run's batch
+generator).
 
 The cache holds the images as (N, 3, H, W) uint8 exactly as ``PIL.Image.convert("RGB")`` gives
 them (``torchvision.transforms.ToTensor``'s layout before its division), the labels, a digest

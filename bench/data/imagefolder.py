@@ -15,10 +15,10 @@ index) inside the DataLoader worker that decodes it, so an augmented image does 
 the number of workers, and a resumed run sees the same images as an uninterrupted one.
 
 Tiny-ImageNet images are all 64x64: they are decoded once into a verified uint8 cache under the
-data root (``bench.data.decoded``) and then held in memory like CIFAR, and its augmentation
-(random crop 64 with 4-pixel padding + horizontal flip, as in ``alecwangcq/GraSP
-utils/data_utils.py``) runs as a batch transform drawing from the batch generator, on the
-training device: reproducible without the global RNG.
+data root (``bench.data.decoded``) and then held in memory as uint8 like CIFAR
+(``bench.data.stored``), and its augmentation (random crop 64 with 4-pixel padding + horizontal
+flip, as in ``alecwangcq/GraSP utils/data_utils.py``) runs as a batch transform drawing from the
+batch generator, on the training device: reproducible without the global RNG.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from bench.config import DataConfig
 from bench.data.base import DataBundle
 from bench.data.cifar import normalise, pad_crop_flip
 from bench.data.decoded import load_decoded
+from bench.data.stored import Uint8Images, lookup_table
 from bench.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -200,9 +201,10 @@ def check_tinyimagenet(cfg: DataConfig, root: Path) -> None:
 
 
 def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
-    """Decoded once into a verified uint8 cache (``bench.data.decoded``), then in memory:
-    normalised exactly as ``ToTensor()`` + ``Normalize(TINY_MEAN, TINY_STD)`` of each file would
-    (the same float32 operations, bit for bit)."""
+    """Decoded once into a verified uint8 cache (``bench.data.decoded``), then held in memory
+    as uint8 (``bench.data.stored``), each batch normalised exactly as ``ToTensor()`` +
+    ``Normalize(TINY_MEAN, TINY_STD)`` of each file would (the same float32 operations, bit for
+    bit)."""
     check_tinyimagenet(cfg, root)
     base = Path(root) / "tiny-imagenet-200"
     class_to_idx = train_classes(base / "train", "tinyimagenet")
@@ -213,8 +215,9 @@ def load_tinyimagenet(cfg: DataConfig, root: Path) -> DataBundle:
     x, y = arrays["x"], arrays["y"]
     if len(keep) < len(x):
         x, y = x[keep], y[keep]
-    train_ds = TensorDataset(normalise(x, TINY_MEAN, TINY_STD), y)
-    test_ds = TensorDataset(normalise(arrays["x_test"], TINY_MEAN, TINY_STD), arrays["y_test"])
+    table = lookup_table(lambda u: normalise(u, TINY_MEAN, TINY_STD), 3)
+    train_ds = Uint8Images(x, y, table)
+    test_ds = Uint8Images(arrays["x_test"], arrays["y_test"], table)
     transform = pad_crop_flip(TINY_MEAN, TINY_STD) if cfg.augment else None
     return DataBundle(train_ds, test_ds, (3, 64, 64), len(class_to_idx), transform)
 

@@ -1,7 +1,8 @@
 """MNIST from the IDX files as torchvision stores them:
 ``<root>/MNIST/raw/train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each either plain or gzipped (``.gz``).
-Loaded into memory as normalised float32 (1, 28, 28) tensors.
+Held in memory as the uint8 (1, 28, 28) pixels (``bench.data.stored.Uint8Images``), each batch
+normalised to float32 bit for bit as ``normalise`` of the whole set would.
 
 MNIST has no standard train-time augmentation (LeNet-300-100 / LeNet-5 are trained on the plain
 images), so ``augment = true`` is refused rather than silently ignored.
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from bench.config import DataConfig
 from bench.data.base import DataBundle
+from bench.data.stored import Uint8Images
 from bench.errors import UserError
 
 SHAPE = (1, 28, 28)
@@ -72,8 +73,12 @@ def read_split(folder: Path, paths: dict[str, Path], split: str):
                         f"{len(labels)} labels")
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise UserError(f"MNIST {split} labels in {folder} go up to {labels.max()}")
-    x = torch.from_numpy(images.copy()).unsqueeze(1).to(torch.float32)
-    return x.div_(255.0).sub_(MEAN).div_(STD), torch.from_numpy(labels)
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) -> float32 (x / 255 - MEAN) / STD."""
+    return images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
 
 
 def check(cfg: DataConfig, root: Path) -> dict[str, Path]:
@@ -109,5 +114,5 @@ def load(cfg: DataConfig, root: Path) -> DataBundle:
         x_train = x_train[: cfg.train_subset].clone()
         y_train = y_train[: cfg.train_subset].clone()
     x_test, y_test = read_split(folder, paths, "test")
-    return DataBundle(TensorDataset(x_train, y_train), TensorDataset(x_test, y_test), SHAPE,
-                      NUM_CLASSES)
+    return DataBundle(Uint8Images.from_normalise(x_train, y_train, normalise),
+                      Uint8Images.from_normalise(x_test, y_test, normalise), SHAPE, NUM_CLASSES)
