@@ -1,6 +1,7 @@
 """What a grid needs from this machine, checked for the whole grid before any run starts: the
 output root (a writable folder, its ``runs/`` etc. folders), the data of every run (present and
-readable: ``bench.data.check_dataset``) and every run's device.
+readable: ``bench.data.check_dataset``), that every run's model takes its data's examples
+(``bench.fit``) and every run's device.
 
 Everything here reads; nothing is created. A problem is one ``UserError`` line, so ``sparsebench
 run`` exits 2 with nothing written, instead of recording each run as failed.
@@ -14,6 +15,7 @@ from pathlib import Path
 from bench import store
 from bench.data import check_dataset
 from bench.errors import UserError
+from bench.fit import check_model_fits
 
 # Folders the harness creates under a root; a file of that name would break every run.
 ROOT_FOLDERS = ("runs", "local", "slurm", "report", "calibration")
@@ -86,12 +88,15 @@ def check_world_size(name: str, world_size: int) -> None:
 def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) -> None:
     """Data and devices of every run (``GridRun`` or ``RunConfig``), each distinct setting once.
     `devices` False skips the device check (SLURM: the runs train on other machines)."""
-    data_seen, devices_seen = set(), set()
+    data_seen, devices_seen, fits_seen = set(), set(), set()
     for run in runs:
         config = getattr(run, "config", run)
         if config.data not in data_seen:
             data_seen.add(config.data)
             check_dataset(config.data, data_root)
+        if (config.model, config.data) not in fits_seen:
+            fits_seen.add((config.model, config.data))
+            check_model_fits(config)
         if devices and config.train.device not in devices_seen:
             devices_seen.add(config.train.device)
             check_device(config.train.device)

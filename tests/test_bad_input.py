@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.grid import builtin_grids
+from bench.grid import builtin_grids, load_grid
 from bench.launch import SLURM_KEYS
 
 GRID = textwrap.dedent("""\
@@ -520,3 +520,43 @@ def test_show_method_without_a_name(tmp_path, capsys, monkeypatch):
                    "deepr, dense, dsr, eigendamage, gmp, grasp, rigl, set, snip, static, str, "
                    "thin_dense")
     assert out == ""
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("resnet8", "model resnet8 does not take mnist1d's examples (shape (40,)): "),
+    ("tv:resnet18", "model tv:resnet18 takes images (channels, height, width); the dataset "
+                    "gives examples of shape (40,)"),
+])
+def test_a_model_that_cannot_take_the_data_is_refused_before_training(tmp_path, capsys, model,
+                                                                       expected):
+    """Each run used to start and fail on its first batch: resnet8 as a training failure
+    (kept until --retry-failed), tv:resnet18 as an error of the environment."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace('"mnist1d_mlp"', f'"{model}"'))
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(tmp_path)
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(grid), "--root", str(tmp_path / "root"), "--data-root",
+                     str(data), *extra]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1
+        # After the prefix, torch's own words for the mismatch.
+        assert err.startswith(f"sparsebench: error: {expected}"), err
+        assert snapshot(tmp_path) == before
+
+
+def test_every_built_in_grid_passes_the_model_data_check():
+    """No false alarm: each (model, dataset) of the paper grids and smoke builds and takes a
+    batch on the meta device."""
+    from bench.fit import check_model_fits
+
+    pairs = {}
+    for name in builtin_grids():
+        for run in load_grid(name).runs:
+            pairs.setdefault((run.config.model, run.config.data.name), run.config)
+    assert {model.name for model, _ in pairs} == {
+        "lenet300_100", "lenet5_caffe", "mnist1d_cnn", "mobilenet_v1", "resnet32_eigendamage",
+        "resnet32_grasp", "resnet50", "vgg19_grasp", "wrn28_2"}
+    for config in pairs.values():
+        check_model_fits(config)
