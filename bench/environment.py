@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import store
 from bench.data import check_dataset
 from bench.errors import UserError
-from bench.fit import check_model_fits
+from bench.fit import check_model_fits, check_subset
 
 # Folders the harness creates under a root; a file of that name would break every run.
 ROOT_FOLDERS = ("runs", "local", "slurm", "report", "calibration")
@@ -94,6 +94,7 @@ def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) 
         if config.data not in data_seen:
             data_seen.add(config.data)
             check_dataset(config.data, data_root)
+            check_subset(config)
         if (config.model, config.data) not in fits_seen:
             fits_seen.add((config.model, config.data))
             check_model_fits(config)

@@ -1,4 +1,5 @@
-"""Whether a run's model takes its dataset's examples, checked before anything starts.
+"""Whether a run fits its dataset, checked before anything starts: its model takes the
+dataset's examples, and its ``train_subset`` is not larger than the training set.
 
 A model built for images given MNIST-1D's 40-point vectors (or a 1-D network given images)
 fails on its first batch; without this check each such run would start, fail as a training
@@ -9,6 +10,8 @@ datasets, known without loading them).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -44,3 +47,21 @@ def check_model_fits(config: RunConfig) -> None:
             return  # the meta device itself, not the shapes
         raise UserError(f"model {name} does not take {config.data.name}'s examples (shape "
                         f"{tuple(shape.input_shape)}): {reason}") from None
+
+
+def check_subset(config: RunConfig) -> None:
+    """UserError when ``data.train_subset`` asks for more examples than the training set has
+    (the loaders take the whole set then, under another run id than the whole set's own)."""
+    from bench.preflight import data_shape
+
+    d = config.data
+    # The synthetic set is generated at the size train_subset asks for (bench/data/synthetic.py).
+    if not d.train_subset or d.name == "synthetic":
+        return
+    try:
+        full = data_shape(replace(config, data=replace(d, train_subset=0))).train_size
+    except KeyError:
+        return
+    if d.train_subset > full:
+        raise UserError(f"data.train_subset = {d.train_subset}: {d.name} has {full} training "
+                        f"examples; use at most {full} (0, the default, means all of them)")

@@ -271,6 +271,9 @@ DRY_RUN_CASES = [
     ("num-samples-mnist1d", GRID.replace("train_subset = 300", "num_samples = 12\n"
                                          "train_split = 0.05"), [],
      "mnist1d: num_samples = 12 with train_split = 0.05 leaves an empty train or test set"),
+    ("train-subset-beyond-the-set", GRID.replace("train_subset = 300", "train_subset = 4001"),
+     [], "data.train_subset = 4001: mnist1d has 4000 training examples; use at most 4000 (0, "
+     "the default, means all of them)"),
     ("slurm-table-unknown-key", GRID + "[slurm]\npartion = \"gpu\"\n",
      ["--executor", "slurm"],
      f"{{grid}}:{END + 2}: unknown key 'partion' in [slurm]; valid: "
