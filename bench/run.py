@@ -259,7 +259,8 @@ def _train_and_record(config: RunConfig, root: Path, data_root: Path | None, fol
     }
     # Progress file for `sparsebench run`'s bars, and the optional TensorBoard / W&B loggers.
     watch = (RunWatch(folder, config, base["config"],
-                      lambda: sum(p.train.epochs for p in trainer.method.phases()))
+                      lambda: sum(p.train.epochs for p in trainer.method.phases()),
+                      counts=lambda: (trainer.phase_step, trainer.images))
              if writes else _NoWatch())
     harness = RunHarness(Path(root), data_root, should_stop, log)
     method = None

@@ -322,6 +322,10 @@ class Trainer:
         self.train_flops = torch.tensor(saved.train_flops if saved is not None else 0.0,
                                         dtype=torch.float64, device=self.device)
         self.step = saved.step if saved is not None else 0
+        # Images trained on in this process, every rank's share of a batch counted (the
+        # progress file's rate is global images per second); a host count, no sync.
+        self.images = 0
+        self.phase_step = 0  # steps of the current phase done, a resumed run's included
         self.elapsed = saved.wall_time if saved is not None else 0.0
         self.started = time.perf_counter()
         if self.rank is not None:
@@ -437,6 +441,8 @@ class Trainer:
                               scaler=self.scaler, amp=amp,
                               loss_fn=loss_fn, forward=self.forward, loss_weight=weight)
             self.train_flops += self.cost.train_flops(global_batch)
+            self.images += global_batch
+            self.phase_step = epoch * steps_per_epoch + batch_index + 1
             # Added in float64 (exact for a float32 loss); a non-finite loss makes the sum
             # non-finite (float32 losses cannot overflow a float64 sum), checked once per epoch.
             loss_sum += loss

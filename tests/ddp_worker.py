@@ -128,7 +128,11 @@ def main(root: Path, report: Path, names: list[str]) -> None:
         trainer = Trainer(method, root / "trainer" / name, harness=harness)
         with intra_op_threads(cfg.train):
             trainer.run()
-        out["methods"][name] = {"compared": watch.compared, "mask_changes": watch.mask_changes}
+        # What the progress file's rate counts: global images (bench.progress), on every rank.
+        images: list[Any] = [None] * rank.world_size
+        dist.all_gather_object(images, trainer.images)
+        out["methods"][name] = {"compared": watch.compared, "mask_changes": watch.mask_changes,
+                                "images": images}
     every: list[Any] = [None] * rank.world_size
     dist.all_gather_object(every, sorted(set(writes)))
     out["writes"] = every

@@ -59,6 +59,9 @@ def test_every_method_holds_identical_state_on_both_ranks_and_only_rank_0_writes
     # Phase start + 2 epochs x 12 steps + 2 epoch ends, every method.
     assert {n: m["compared"] for n, m in out["methods"].items()} == \
         {n: 1 + 2 * STEPS_PER_EPOCH + 2 for n in names}
+    # Every rank counts the global batch (2 x 25 images) at each of the 24 steps: 2 x 600.
+    assert {n: m["images"] for n, m in out["methods"].items()} == \
+        {n: [2 * 600, 2 * 600] for n in names}
     changed = {n for n, m in out["methods"].items() if m["mask_changes"] > 0}
     assert changed == REWIRING
     assert out["dependency_status"] == ["ok"]

@@ -30,7 +30,8 @@ def test_progress_file_is_throttled_and_counts_steps_of_the_phase(tmp_path):
     pf = ProgressFile(tmp_path, "m/d gmp s=0.9 seed=0", lambda: 4, interval_s=0.5, clock=clock)
     pf.step(1, 10)  # first step: written at once
     assert read(tmp_path) == {"title": "m/d gmp s=0.9 seed=0", "epoch": 0, "epochs": 4,
-                              "step": 1, "steps": 10}
+                              "step": 1, "steps": 10, "elapsed_s": 0.0,
+                              "images_per_s": None, "remaining_s": None}
     clock.now = 0.4
     pf.step(2, 10)  # within the interval: not written
     assert read(tmp_path)["step"] == 1
@@ -45,6 +46,47 @@ def test_progress_file_is_throttled_and_counts_steps_of_the_phase(tmp_path):
     assert (read(tmp_path)["step"], read(tmp_path)["steps"]) == (1, 6)
     pf.remove()
     assert read(tmp_path) is None and not (tmp_path / PROGRESS).exists()
+
+
+def test_the_rate_is_global_images_per_second_after_start_up_from_the_first_line(tmp_path):
+    """A 2-rank run at global batch 100 (50 images per rank): 7 s of start-up before its first
+    step ends, then steps at 0.25 s. The file and the bar say '?' until a second step is timed,
+    then (300 - 100) images / (7.5 - 7.0) s = 400 img/s (not 200: one rank's share; not
+    300 / 7.5 = 40: start-up counted; not 1 step / ~0 s: tqdm's clock starting at the first
+    line), and 117 steps left at 2 steps / 0.5 s = 29.25 s."""
+    clock = Clock()
+    counts = [0, 0]  # Trainer.phase_step, Trainer.images (global: both ranks' shares)
+    title = "mnist1d_cnn/mnist1d set s=0.9 seed=0"
+    pf = ProgressFile(tmp_path, title, lambda: 3, interval_s=0.5, clock=clock,
+                      counts=lambda: tuple(counts))
+    watcher = Watcher([tmp_path])
+    lines = []
+    for step, now in ((1, 7.0), (2, 7.25), (3, 7.5)):
+        clock.now, counts[:] = now, [step, 100 * step]
+        pf.step(step, 120)
+        watcher.poll()
+        lines.append(str(watcher.bars[tmp_path]))
+    assert lines[0] == lines[1] == (f"{title} epoch 1/3:   1%|          | 1/120 "
+                                    "[00:00<?, ? img/s]")
+    assert lines[2] == f"{title} epoch 1/3:   2%|▎         | 3/120 [00:00<00:29, 400 img/s]"
+    assert read(tmp_path) == {"title": title, "epoch": 0, "epochs": 3, "step": 3,
+                              "steps": 120, "elapsed_s": 0.5, "images_per_s": 400.0,
+                              "remaining_s": 29.25}
+    watcher.__exit__(None, None, None)
+
+    # The run resumed in a new process at step 61 of 120: the bar goes on at 61/120 (not
+    # 1/120), and the rate counts from the end of that step: 1,500 images in 3 s = 500 img/s,
+    # 44 steps left at 15 steps / 3 s = 8.8 s.
+    resumed = ProgressFile(tmp_path, title, lambda: 3, interval_s=0.5, clock=clock,
+                           counts=lambda: tuple(counts))
+    clock.now, counts[:] = 100.0, [61, 100]
+    resumed.step(61, 120)
+    assert (read(tmp_path)["step"], read(tmp_path)["images_per_s"]) == (61, None)
+    clock.now, counts[:] = 103.0, [76, 1600]
+    resumed.step(76, 120)
+    assert {k: read(tmp_path)[k] for k in ("step", "elapsed_s", "images_per_s",
+                                           "remaining_s")} == \
+        {"step": 76, "elapsed_s": 3.0, "images_per_s": 500.0, "remaining_s": 8.8}
 
 
 def test_watcher_shows_a_bar_per_run_in_flight(tmp_path):
@@ -118,10 +160,15 @@ def test_run_writes_progress_and_logs_epochs_to_tensorboard_and_wandb(
     folder = run_folder(tmp_path / "root", config)
     title = "mnist1d_cnn/mnist1d gmp s=0.9 seed=0"
     # 600 examples / batch 50 = 12 steps per epoch, 24 in the run's one phase.
-    assert at_epoch_end == [
+    timing = ("elapsed_s", "images_per_s", "remaining_s")
+    assert [{k: v for k, v in state.items() if k not in timing} for state in at_epoch_end] == [
         {"title": title, "epoch": 1, "epochs": 2, "step": 12, "steps": 24},
         {"title": title, "epoch": 2, "epochs": 2, "step": 24, "steps": 24},
     ]
+    # The rate counts the 23 steps after the first: 23 x 50 images over the time since.
+    last = at_epoch_end[-1]
+    assert last["images_per_s"] == pytest.approx(23 * 50 / last["elapsed_s"])
+    assert last["remaining_s"] == 0.0
     assert not (folder / PROGRESS).exists()  # removed once the run ended
     metrics = [json.loads(line) for line in (folder / store.METRICS).read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
