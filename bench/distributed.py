@@ -36,13 +36,16 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from bench import locks
 from bench.data.base import shard_part
+
+T = TypeVar("T")
 
 # Steps between two all-reduces of the ranks' stop requests.
 STOP_POLL_STEPS = 10
@@ -157,6 +160,29 @@ def gather_floats(value: float, device: torch.device) -> list[float]:
     out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(out, t)
     return [float(o.item()) for o in out]
+
+
+def rank_0_first(load: Callable[[], T], rank: Rank | None) -> T:
+    """`load()` (a dataset: its cache is built under a file lock) on rank 0 first, then on the
+    other ranks, whose lock waits are silent (``bench.locks.silent_waits``): the ranks of one
+    run never wait on each other's lock and say "waiting for another process" about their own
+    run; a wait on some other process's lock is reported once, by rank 0. A collective: every
+    rank calls it. When rank 0's `load` raises, the other ranks raise RuntimeError and rank 0
+    its own exception (the run's error)."""
+    if rank is None:
+        return load()
+    if rank.writes:
+        try:
+            value = load()
+        except BaseException:
+            broadcast(False)
+            raise
+        broadcast(True)
+        return value
+    if not broadcast(None):
+        raise RuntimeError(f"rank {rank.rank}: rank 0 failed to load the data")
+    with locks.silent_waits():
+        return load()
 
 
 def broadcast(value: Any) -> Any:

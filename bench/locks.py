@@ -9,6 +9,7 @@ run whose lock is held as ``running``, whichever executor trains it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,22 +23,37 @@ SUBMIT_LOCK = Path("slurm") / ".submit.lock"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Inside ``silent_waits()``: hold() waits without its message.
+_SILENT = contextvars.ContextVar("sparsebench_silent_lock_waits", default=False)
+
+
+@contextmanager
+def silent_waits() -> Iterator[None]:
+    """Locks taken inside wait without printing their message: for the ranks of a
+    multi-process run other than rank 0, whose waits are for their own rank 0 or were already
+    reported by it (``bench.distributed.rank_0_first``)."""
+    token = _SILENT.set(True)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
+
 
 @contextmanager
 def hold(path: Path, waiting: str | None, *, should_stop: Callable[[], bool] | None = None,
          stopped: Callable[[], BaseException] = RuntimeError, poll_s: float = 1.0
          ) -> Iterator[None]:
-    """Hold the lock file `path`; when another process holds it, print `waiting` (unless None)
-    and wait. With `should_stop`, the wait asks it every `poll_s` seconds and raises
-    ``stopped()`` once it says stop: a run asked to stop (preemption) is never stuck behind
-    another process's lock."""
+    """Hold the lock file `path`; when another process holds it, print `waiting` (unless None
+    or inside ``silent_waits()``) and wait. With `should_stop`, the wait asks it every `poll_s`
+    seconds and raises ``stopped()`` once it says stop: a run asked to stop (preemption) is
+    never stuck behind another process's lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, is_singleton=False, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        if waiting is not None:
+        if waiting is not None and not _SILENT.get():
             print(f"sparsebench: {waiting}", flush=True)
         while True:
             try:

@@ -302,8 +302,11 @@ class Trainer:
             raise UserError(f"train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm); "
                             f"this run trains on {self.device.type}")
         # In-memory datasets live on the training device: one copy, not one per batch.
+        # Rank 0 first: the ranks of a run never wait on each other's data cache lock.
         self.data = (self.given_data if self.given_data is not None
-                     else load_dataset(cfg.data, self.data_root)).to(self.device)
+                     else distributed.rank_0_first(
+                         lambda: load_dataset(cfg.data, self.data_root), self.rank)
+                     ).to(self.device)
         torch.manual_seed(cfg.seed)
         make_model = ModelMaker(cfg.model.name, self.data.num_classes,
                                 tuple(self.data.input_shape))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,10 +93,9 @@ def run_local(
     # No wall-clock limit locally (submitit's default is 5 minutes); one log per job, so the
     # path we print holds the job's errors too. submitit's controller process (between us and
     # the job) writes to our terminal and dies with a traceback on Ctrl-C, killing the job
-    # before it checkpoints: it starts with SIGINT ignored (inherited through exec), and we
-    # stop jobs with SIGTERM, which it forwards. The job installs its own SIGINT handler.
-    executor.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True,
-                               setup=["trap '' INT"])
+    # before it checkpoints: it starts with SIGINT ignored (_submit), and we stop jobs with
+    # SIGTERM, which it forwards. The job installs its own SIGINT handler.
+    executor.update_parameters(timeout_min=60 * 24 * 365, stderr_to_stdout=True)
     cell = RunCell(str(root), str(Path(data_root).resolve()) if data_root else None,
                    retry_failed, threads=max(1, default_jobs() // jobs))
     waiting = list(planned.order)
@@ -108,7 +108,7 @@ def run_local(
                 if len(active) >= jobs:
                     break
                 if set(planned.waits_for.get(run.run_id, ())) <= finished:
-                    active[executor.submit(cell, to_dict(run.config), run.label)] = run
+                    active[_submit(executor, cell, to_dict(run.config), run.label)] = run
                     waiting.remove(run)
             for job in [j for j in active if j.done()]:
                 run = active.pop(job)
@@ -133,6 +133,23 @@ def run_local(
             job.cancel(check=False)
         raise
     return results
+
+
+def _submit(executor: submitit.LocalExecutor, *args: Any) -> Any:
+    """``executor.submit(*args)`` with SIGINT ignored while submitit starts the job's
+    controller, which inherits the ignored SIGINT through exec (from the main thread only:
+    elsewhere signal dispositions cannot be changed, and a Ctrl-C reaches the main thread).
+    Not with a shell's ``trap '' INT`` in front of it: the job's process would be that shell,
+    our SIGTERM would end the shell alone, and the controller and the job would go on
+    training, unsignalled, after Ctrl-C had reported the run interrupted. A Ctrl-C during the
+    submission itself (milliseconds) is lost: press it again."""
+    if threading.current_thread() is not threading.main_thread():
+        return executor.submit(*args)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return executor.submit(*args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _job_error(job: Any) -> str:
