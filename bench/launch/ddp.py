@@ -137,7 +137,9 @@ def rank_main() -> int:
     config = from_dict(body, get_method(body["method"]["name"]).Hparams)
     rank = distributed.init_from_env(config.train.device)
     try:
-        with StopOnSignal(interrupt=True) as stop:
+        # Quiet: the launcher stops its ranks with SIGTERM whatever it got (Ctrl-C included)
+        # and says so itself; a "got SIGTERM" line per rank would only repeat it, wrongly.
+        with StopOnSignal(interrupt=True, quiet=True) as stop:
             try:
                 run_body(config, Path(job["root"]),
                          Path(job["data_root"]) if job["data_root"] else None,

@@ -25,11 +25,14 @@ class Stopped(RuntimeError):
 class StopOnSignal:
     """Turns SLURM's warning signal and SIGTERM (and, with `interrupt`, SIGINT: Ctrl-C, or
     submitit's cancel of a local job) into a flag that the trainer polls at every step boundary
-    (``should_stop``), instead of dying wherever the signal lands."""
+    (``should_stop``), instead of dying wherever the signal lands. It says which signal it got
+    (not for SIGINT, whose one line is the command's), unless `quiet`: a process whose
+    launcher says why it stops."""
 
-    def __init__(self, interrupt: bool = False) -> None:
+    def __init__(self, interrupt: bool = False, quiet: bool = False) -> None:
         self.usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         self.signals = (self.usr, signal.SIGTERM) + ((signal.SIGINT,) if interrupt else ())
+        self.quiet = quiet
         self.received: list[int] = []
         self.previous: dict[int, Any] = {}
 
@@ -45,7 +48,7 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if signum != signal.SIGINT:  # Ctrl-C's one line is the command's own
+        if signum != signal.SIGINT and not self.quiet:  # Ctrl-C's line is the command's
             print(f"sparsebench: got {signal.Signals(signum).name}; checkpointing at the next "
                   "step", flush=True)
         self.received.append(signum)
