@@ -21,7 +21,8 @@ from bench.run import run_folder, run_one
 from bench.store import LOG, read_result
 from tests.helpers import tiny_config
 
-WAITING = "sparsebench: waiting for another process to write the data cache {}"
+WAITING = ("sparsebench: waiting for another process using the data cache {} (checking or "
+           "writing it)")
 
 
 def test_only_rank_0_reports_a_wait_on_another_process_s_data_cache_lock(tmp_path, capfd):
