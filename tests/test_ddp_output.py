@@ -16,9 +16,11 @@ import pytest
 from filelock import FileLock
 
 from bench import locks
+from bench.config import run_id
 from bench.data.mnist1d import cache_path
 from bench.run import run_folder, run_one
 from bench.store import LOG, read_result
+from bench.train import Interrupted
 from tests.helpers import tiny_config
 
 WAITING = ("sparsebench: waiting for another process using the data cache {} (checking or "
@@ -115,3 +117,14 @@ def test_ctrl_c_to_the_launcher_says_one_line_once_the_ranks_have_checkpointed(
     assert re.search(r"interrupted: stopped (at step|after epoch) \d+$",
                      (folder / LOG).read_text().strip())
     assert (folder / "checkpoint.pt").exists() and read_result(folder) is None
+
+
+def test_a_stop_while_the_ranks_start_is_an_interruption_not_a_failure(tmp_path, data_root):
+    """A stop (Ctrl-C) asked before the spawned ranks have their signal handlers (they take
+    seconds to import torch) kills them with the SIGTERM passed on: the run is interrupted (the
+    command's one line), not a RuntimeError "its 2 processes ended with exit codes [-15, -15]
+    and no result" (a traceback under the debug executor)."""
+    config = tiny_config("dense", epochs=1, world_size=2)
+    with pytest.raises(Interrupted) as stopped:
+        run_one(config, tmp_path, data_root, should_stop=lambda: True)
+    assert str(stopped.value) == f"run {run_id(config)} stopped in its 2 processes"

@@ -112,7 +112,9 @@ def _spawn(config: RunConfig, root: Path, data_root: Path | None,
     result = store.read_result(run_folder(root, config))
     if result is not None:
         return result
-    if codes[0] == EXIT_INTERRUPTED:  # rank 0 stopped after writing the checkpoint
+    # Rank 0 stopped after writing the checkpoint; or we stopped the ranks, and a rank still
+    # starting (no signal handler yet) died of our SIGTERM: a stop, not a failure.
+    if codes[0] == EXIT_INTERRUPTED or forwarded:
         raise Interrupted(f"run {run_id(config)} stopped in its {world} processes")
     raise RuntimeError(f"run {run_id(config)}: its {world} processes ended with exit codes "
                        f"{codes} and no result")
