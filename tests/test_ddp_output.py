@@ -128,3 +128,31 @@ def test_a_stop_while_the_ranks_start_is_an_interruption_not_a_failure(tmp_path,
     with pytest.raises(Interrupted) as stopped:
         run_one(config, tmp_path, data_root, should_stop=lambda: True)
     assert str(stopped.value) == f"run {run_id(config)} stopped in its 2 processes"
+
+
+def test_ctrl_c_from_a_terminal_while_the_ranks_start_says_one_line(tmp_path, data_root):
+    """Ctrl-C from a terminal (SIGINT to the whole process group) while the debug executor's
+    ranks import torch: the command's one line and no traceback. Before, SIGINT reached each
+    rank before it had a handler: a KeyboardInterrupt traceback per rank in the terminal."""
+    from tests.test_ddp import _rank_pid
+
+    run_one(tiny_config(), tmp_path / "warm", data_root)  # the data cache exists
+    grid = tmp_path / "c.toml"
+    grid.write_text(GRID)
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(grid), "--root", str(tmp_path / "root"),
+         "--data-root", str(data_root), "--no-report", "--executor", "debug"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _rank_pid(proc.pid, 1) is None:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(1.0)  # the ranks are importing (torch alone takes seconds), no handler yet
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in out + err
+    assert [line for line in (out + err).splitlines() if "sparsebench:" in line] == \
+        ["sparsebench: interrupted; rerun the same command to resume"]

@@ -83,12 +83,21 @@ def _spawn(config: RunConfig, root: Path, data_root: Path | None,
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(distributed.free_port()),
            "WORLD_SIZE": str(world), LOCK_HELD_ENV: "1"}
     ranks = []
-    for r in range(world):
-        proc = subprocess.Popen([sys.executable, "-m", "bench.launch.ddp"], stdin=subprocess.PIPE,
-                                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True)
-        proc.stdin.write(job)  # type: ignore[union-attr]
-        proc.stdin.close()  # type: ignore[union-attr]
-        ranks.append(proc)
+    # The ranks start with SIGINT blocked (the mask is inherited through fork and exec) until
+    # rank_main can take it: a terminal's Ctrl-C reaches them while they import torch, and
+    # ended each with a KeyboardInterrupt traceback. Blocked, not ignored: it waits, and stops
+    # the rank once it can checkpoint. Only this thread's mask changes, for the forks.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for r in range(world):
+            proc = subprocess.Popen([sys.executable, "-m", "bench.launch.ddp"],
+                                    stdin=subprocess.PIPE,
+                                    env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True)
+            proc.stdin.write(job)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+            ranks.append(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     forwarded, died_at = False, None
     try:
         while any(p.poll() is None for p in ranks):
@@ -142,6 +151,7 @@ def rank_main() -> int:
         # Quiet: the launcher stops its ranks with SIGTERM whatever it got (Ctrl-C included)
         # and says so itself; a "got SIGTERM" line per rank would only repeat it, wrongly.
         with StopOnSignal(interrupt=True, quiet=True) as stop:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _spawn
             try:
                 run_body(config, Path(job["root"]),
                          Path(job["data_root"]) if job["data_root"] else None,
