@@ -149,7 +149,8 @@ def _submit(executor: submitit.LocalExecutor, *args: Any) -> Any:
     try:
         return executor.submit(*args)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler not set from Python, which signal.signal cannot put back.
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def _job_error(job: Any) -> str:
