@@ -90,7 +90,9 @@ SHAPES = {
 
 def data_shape(config: RunConfig) -> DataShape:
     """The shape `config`'s data has, ``train_subset`` applied. MNIST-1D's follows its
-    generator settings (40 points per example, 10 classes)."""
+    generator settings (40 points per example, 10 classes); the synthetic set is generated
+    with ``train_subset`` examples (512 without it, bench/data/synthetic.py), a file dataset
+    is cut to them."""
     d = config.data
     if d.name == "mnist1d":
         n_train = int(d.num_samples * d.train_split)
@@ -98,7 +100,8 @@ def data_shape(config: RunConfig) -> DataShape:
     else:
         shape = SHAPES[d.name]
     if d.train_subset:
-        shape = replace(shape, train_size=min(shape.train_size, d.train_subset))
+        shape = replace(shape, train_size=d.train_subset if d.name == "synthetic"
+                        else min(shape.train_size, d.train_subset))
     return shape
 
 

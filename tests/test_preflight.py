@@ -288,6 +288,21 @@ def test_preflight_reports_a_run_that_cannot_train_and_exits_1(tmp_path, capsys)
     assert not root.exists()
 
 
+def test_the_data_shape_follows_train_subset_as_the_loaders_do():
+    from bench.config import DataConfig, RunConfig
+
+    def shape(name, subset):
+        return data_shape(RunConfig(data=DataConfig(name=name, train_subset=subset)))
+
+    # the synthetic set is generated at the subset's size (512 without one); files are cut
+    assert shape("synthetic", 0).train_size == 512
+    assert shape("synthetic", 2000).train_size == 2000
+    assert shape("cifar10", 2000).train_size == 2000
+    assert shape("cifar10", 0).train_size == 50_000
+    assert (shape("tinyimagenet", 10**6).train_size, shape("tinyimagenet", 0).test_size) == \
+        (100_000, 10_000)
+
+
 def test_bad_preflight_flags_are_user_errors(capsys):
     assert main(["run", "smoke", "--preflight", "--preflight-steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == \
