@@ -110,6 +110,11 @@ def test_accuracy_tables_get_labelled_published_rows(built):
     published_rows = csv[csv["source"] == f"published: {CITE}"]
     assert published_rows[["method", "target_sparsity", "top1_mean"]].values.tolist() == [
         ["dense", 0.0, 88.5], ["dsr", 0.9, 71.6], ["static", 0.75, 77.5]]
+    # a published number is the source's (its runs unlisted): no n, spread or range of ours
+    assert published_rows[["n", "n_failed", "top1_std", "top1_min", "top1_max"]].isna() \
+        .all().all()
+    assert csv.loc[csv["source"] == "ours", "n"].tolist() == \
+        csv.loc[csv["source"] == "ours", "n"].astype(int).tolist()
     tex = (folder / "accuracy.tex").read_text()
     assert "dsr (published: Doe 2020, Tab. 9) & -- & -- & -- & 71.6" in tex
 

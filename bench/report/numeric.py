@@ -52,7 +52,9 @@ def with_ranges(agg: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def accuracy_frame(section: pd.DataFrame, runs: pd.DataFrame,
                    published: Sequence[Published] = ()) -> pd.DataFrame:
     """The numeric accuracy table of one (model, dataset): our cells in the order of `section`
-    (source "ours"), then published numbers (source = the citation, n = 1, no std)."""
+    (source "ours"), then published numbers (source = the citation; n, n_failed, std, min
+    and max empty: a source's number is usually a mean over runs it does not list, so n = 1
+    and min = max = the number would claim a single run)."""
     stats = cell_stats(runs).set_index(KEYS)
     rows = []
     for _, cell in section.iterrows():
@@ -64,11 +66,12 @@ def accuracy_frame(section: pd.DataFrame, runs: pd.DataFrame,
                      **{flag: _flag(cell.get(flag), flag) for flag in FLAGS}})
     for p in published:
         rows.append({"method": p.method, "target_sparsity": p.sparsity,
-                     "source": f"published: {p.source.citation}", "n": 1, "n_failed": 0,
-                     "top1_mean": p.top1, "top1_std": np.nan, "top1_min": p.top1,
-                     "top1_max": p.top1, "achieved_sparsity": p.sparsity,
+                     "source": f"published: {p.source.citation}", "n": pd.NA,
+                     "n_failed": pd.NA, "top1_mean": p.top1, "top1_std": np.nan,
+                     "top1_min": np.nan, "top1_max": np.nan, "achieved_sparsity": p.sparsity,
                      **{flag: _flag(None, flag) for flag in FLAGS}})
-    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    return frame.astype({"n": "Int64", "n_failed": "Int64"})
 
 
 def _flag(value, flag: str) -> bool | int:
