@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,3 +32,12 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def terminal_sigint() -> None:
+    """``preexec_fn`` for a command a test interrupts with SIGINT as a terminal's Ctrl-C would:
+    SIGINT back to its default in the child. A process started in the background by a
+    non-interactive shell (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and so
+    would the command: it would never see the test's Ctrl-C (and rightly so, for the user who
+    started it that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

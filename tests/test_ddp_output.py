@@ -21,7 +21,7 @@ from bench.data.mnist1d import cache_path
 from bench.run import run_folder, run_one
 from bench.store import LOG, read_result
 from bench.train import Interrupted
-from tests.helpers import tiny_config
+from tests.helpers import terminal_sigint, tiny_config
 
 WAITING = ("sparsebench: waiting for another process using the data cache {} (checking or "
            "writing it)")
@@ -96,7 +96,7 @@ def test_ctrl_c_to_the_launcher_says_one_line_once_the_ranks_have_checkpointed(
            "--data-root", str(data_root), "--no-report", "--executor", executor]
     proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
     folder = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -144,7 +144,8 @@ def test_ctrl_c_from_a_terminal_while_the_ranks_start_says_one_line(tmp_path, da
         [sys.executable, "-m", "bench.cli", "run", str(grid), "--root", str(tmp_path / "root"),
          "--data-root", str(data_root), "--no-report", "--executor", "debug"],
         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=terminal_sigint)
     deadline = time.monotonic() + 120
     while _rank_pid(proc.pid, 1) is None:
         assert proc.poll() is None and time.monotonic() < deadline

@@ -30,7 +30,7 @@ from bench.launch import (
 )
 from bench.run import MODEL_FILE, run_folder, run_one
 from bench.store import LOG, read_result
-from tests.helpers import tiny_config
+from tests.helpers import terminal_sigint, tiny_config
 
 
 @pytest.mark.parametrize(("value", "minutes"), [
@@ -224,7 +224,7 @@ def test_ctrl_c_prints_one_line_and_the_run_checkpoints(tmp_path, data_root):
            "--data-root", str(data_root), "--jobs", "1", "--no-report"]
     proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=terminal_sigint)
     log = run_folder(root, run.config) / LOG
     deadline = time.time() + 120
     while time.time() < deadline and "epoch=2 " not in (log.read_text() if log.exists() else ""):
