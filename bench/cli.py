@@ -153,13 +153,24 @@ def _failures(name: str, runs, root: Path, lost: set[str] = frozenset()) -> int:
 
 
 def _preflight(args: argparse.Namespace, grid, runs) -> int:
+    """Preflight (bench.preflight) after the checks run makes (device, model against data,
+    train_subset, world size), except that a dataset may be absent: it is timed on synthetic
+    data of its shape. -q prints the summary without the per-run table and timing lines."""
+    from bench.environment import check_runs
     from bench.preflight import format_report, preflight
 
     data_root = Path(args.data_root) if args.data_root else None
+    check_runs(runs, data_root, missing_data_ok=True)
     steps = PREFLIGHT_STEPS if args.preflight_steps is None else args.preflight_steps
-    result = preflight(runs, steps, args.preflight_batch, data_root,
-                       log=lambda line: print(line, file=sys.stderr))
-    print("\n".join(format_report(result, grid.name)))
+    log = (lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    try:
+        result = preflight(runs, steps, args.preflight_batch, data_root, log=log)
+    except KeyboardInterrupt:
+        print("sparsebench: interrupted; preflight writes nothing, so there is nothing to "
+              "resume", file=sys.stderr)
+        return 130
+    lines = format_report(result, grid.name)
+    print("\n".join(lines[len(result.runs) + 1:] if args.quiet else lines))
     return 1 if any(e.error for e in result.runs) else 0
 
 

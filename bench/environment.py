@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import store
 from bench.data import check_dataset
-from bench.errors import UserError
+from bench.errors import DataNotFound, UserError
 from bench.fit import check_model_fits, check_subset
 
 # Folders the harness creates under a root; a file of that name would break every run.
@@ -85,15 +85,22 @@ def check_world_size(name: str, world_size: int) -> None:
                         'DDP does not run on MPS (use device = "cpu")')
 
 
-def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True) -> None:
+def check_runs(runs: Iterable, data_root: Path | None, *, devices: bool = True,
+               missing_data_ok: bool = False) -> None:
     """Data and devices of every run (``GridRun`` or ``RunConfig``), each distinct setting once.
-    `devices` False skips the device check (SLURM: the runs train on other machines)."""
+    `devices` False skips the device check (SLURM: the runs train on other machines);
+    `missing_data_ok` lets a dataset be absent (``DataNotFound``; preflight times on synthetic
+    data then), not unreadable."""
     data_seen, devices_seen, fits_seen = set(), set(), set()
     for run in runs:
         config = getattr(run, "config", run)
         if config.data not in data_seen:
             data_seen.add(config.data)
-            check_dataset(config.data, data_root)
+            try:
+                check_dataset(config.data, data_root)
+            except DataNotFound:
+                if not missing_data_ok:
+                    raise
             check_subset(config)
         if (config.model, config.data) not in fits_seen:
             fits_seen.add((config.model, config.data))

@@ -11,3 +11,9 @@ class UserError(Exception):
         super().__init__(message)
         self.key = key
         self.path = path
+
+
+class DataNotFound(UserError):
+    """A dataset's files are not where the loader looks (the message says where it looked and
+    how to get them). Preflight times on synthetic data of the same shape instead; files that
+    are present but unreadable stay a ``UserError``."""

@@ -58,7 +58,7 @@ from torch.utils.data import TensorDataset
 from bench.config import RunConfig, canonical, from_dict, run_id, to_dict
 from bench.data import load_dataset
 from bench.data.base import DataBundle
-from bench.errors import UserError
+from bench.errors import DataNotFound, UserError
 from bench.flops import count
 from bench.grid import GridRun
 from bench.models import ModelMaker
@@ -416,7 +416,7 @@ def measure(config: RunConfig, steps: int, batch_cap: int | None,
     try:
         data = load_dataset(config.data, data_root)
         source = "real"
-    except UserError:
+    except DataNotFound:  # absent: its shape is known; present but unreadable: the run fails
         per_class = getattr(hp, "samples_per_class", 0) * getattr(hp, "num_iters", 1)
         data = synthetic_bundle(shape, max(batch * (steps + 2), per_class * shape.num_classes))
         source = "synthetic"
@@ -726,9 +726,10 @@ def format_report(result: Preflight, grid_name: str) -> list[str]:
             + " and multiplied by each run's count ("
             + ", ".join(f"{name} x{k}" for name, k in repeats) + "): an upper bound")
     memory = sorted({e.timing["memory"] for e in result.runs if not e.error})
-    lines.append("note: peak MB is " + " / ".join(
-        {"rss": "the worker's peak resident set (CPU)",
-         "allocated": "torch's peak allocation (GPU)"}[m] for m in memory))
+    if memory:
+        lines.append("note: peak MB is " + " / ".join(
+            {"rss": "the worker's peak resident set (CPU)",
+             "allocated": "torch's peak allocation (GPU)"}[m] for m in memory))
     if any(e.setups > 1 for e in result.runs if not e.error):
         lines.append("note: a method that rebuilds its network every round (iterative "
                      "EigenDamage) has every round timed at its first, largest network: an "

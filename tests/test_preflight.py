@@ -303,6 +303,98 @@ def test_the_data_shape_follows_train_subset_as_the_loaders_do():
         (100_000, 10_000)
 
 
+ONE_RUN = textwrap.dedent("""\
+    name = "one"
+    [axes]
+    models = ["{model}"]
+    datasets = ["{dataset}"]
+    methods = ["dense"]
+    sparsities = [0.9]
+    seeds = [0]
+    [train]
+    batch_size = 4
+    device = "{device}"
+    """)
+
+
+@pytest.mark.parametrize("model,dataset,device,expected", [
+    ("resnet8", "cifar10", "cuda:7", 'train.device = "cuda:7": '),
+    ("mnist1d_cnn", "cifar10", "cpu", "model mnist1d_cnn does not take cifar10's examples"),
+])
+def test_preflight_makes_the_checks_run_makes_before_timing(model, dataset, device, expected,
+                                                            tmp_path, capsys):
+    """It timed first and reported a device or a model/data mismatch as a failed run
+    (RuntimeError from the depths of torch, exit 1) where run and --dry-run say one line."""
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN.format(model=model, dataset=dataset, device=device))
+    args = ["run", str(path), "--root", str(tmp_path / "root"), "--data-root",
+            str(tmp_path / "no-data")]
+    assert main([*args, "--preflight", "--preflight-steps", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"sparsebench: error: {expected}")
+    assert len(err.splitlines()) == 1
+    main([*args, "--dry-run"])  # the dry run's check says the same (after its data check)
+    assert not (tmp_path / "root").exists()
+
+
+def test_preflight_times_absent_data_on_synthetic_and_fails_unreadable_data(tmp_path, capsys):
+    """Absent MNIST: synthetic data of its shape. Present but unreadable (files that are not
+    IDX): the run fails preflight with the loader's reason; before, any loader error meant
+    synthetic data, so a damaged dataset passed preflight."""
+    from tests.test_paper_grids import placeholder_data
+
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN.format(model="lenet300_100", dataset="mnist", device="cpu"))
+    args = ["run", str(path), "--root", str(tmp_path / "root"), "--preflight",
+            "--preflight-steps", "1", "--data-root"]
+    assert main([*args, str(tmp_path / "no-data")]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic cpu" in out.splitlines()[1]
+    data = placeholder_data(tmp_path / "data")  # every MNIST file one byte long
+    assert main([*args, str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: UserError: " in out.splitlines()[1]
+    assert "is not a readable IDX file" in out.splitlines()[1] or \
+        "is not an IDX file" in out.splitlines()[1]
+    assert "grid one: 1 runs, 1 failed preflight; estimated 0.00 device-hours on -" in out
+    assert "note: peak MB is" not in out  # no run was timed: no dangling note
+    assert not (tmp_path / "root").exists()
+
+
+def test_quiet_preflight_prints_the_summary_only(tmp_path, capsys):
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN.format(model="lenet300_100", dataset="mnist", device="cpu"))
+    args = ["run", str(path), "--root", str(tmp_path / "root"), "--preflight",
+            "--preflight-steps", "1", "--data-root", str(tmp_path / "no-data")]
+    assert main(args) == 0
+    loud_out, loud_err = capsys.readouterr()
+    assert main(["-q", *args]) == 0
+    out, err = capsys.readouterr()
+    assert loud_err.startswith("timing 1/1: lenet300_100 mnist dense") and err == ""
+    assert out.splitlines()[0].startswith("  dense: 1 runs, ")
+    # the same summary lines (their hours differ by the timing's noise)
+    assert [line.split(":")[0] for line in out.splitlines()] == \
+        [line.split(":")[0] for line in loud_out.splitlines()[2:]]
+    assert loud_out.splitlines()[0].startswith("run ")
+
+
+def test_ctrl_c_in_preflight_says_there_is_nothing_to_resume(tmp_path, capsys, monkeypatch):
+    from bench import preflight as pf
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pf, "measure_in_subprocess", interrupted)
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN.format(model="lenet300_100", dataset="mnist", device="cpu"))
+    assert main(["run", str(path), "--root", str(tmp_path / "root"), "--preflight",
+                 "--data-root", str(tmp_path / "no-data")]) == 130
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == ("sparsebench: interrupted; preflight writes nothing, so "
+                                    "there is nothing to resume")
+    assert out == "" and not (tmp_path / "root").exists()
+
+
 def test_bad_preflight_flags_are_user_errors(capsys):
     assert main(["run", "smoke", "--preflight", "--preflight-steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == \

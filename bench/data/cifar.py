@@ -25,7 +25,7 @@ import torch
 from bench.config import DataConfig
 from bench.data.base import DataBundle
 from bench.data.stored import Uint8Images
-from bench.errors import UserError
+from bench.errors import DataNotFound, UserError
 
 SHAPE = (3, 32, 32)
 PADDING = 4
@@ -162,7 +162,7 @@ def check_variant(variant: CifarVariant, cfg: DataConfig, root: Path) -> None:
     names = (*variant.train_files, variant.test_file)
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise UserError(missing_message(variant, folder, missing))
+        raise DataNotFound(missing_message(variant, folder, missing))
     for name in names:
         try:
             with open(folder / name, "rb") as f:

@@ -35,7 +35,7 @@ from bench.data.base import DataBundle
 from bench.data.cifar import normalise, pad_crop_flip
 from bench.data.decoded import load_decoded
 from bench.data.stored import Uint8Images, lookup_table
-from bench.errors import UserError
+from bench.errors import DataNotFound, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -137,7 +137,7 @@ def check_imagenet(cfg: DataConfig, root: Path) -> None:
     train_dir, val_dir = base / "train", base / "val"
     missing = [str(d) for d in (train_dir, val_dir) if not d.is_dir()]
     if missing:
-        raise UserError(
+        raise DataNotFound(
             f"imagenet not found: looked for {' and '.join(missing)} (<wnid>/*.JPEG class "
             f"folders); put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and "
             f"ILSVRC2012_devkit_t12.tar.gz (from https://image-net.org/download-images) in {base} "
@@ -193,7 +193,7 @@ def check_tinyimagenet(cfg: DataConfig, root: Path) -> None:
     needed = (base / "train", base / "val" / "images", base / "val" / "val_annotations.txt")
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise UserError(
+        raise DataNotFound(
             f"tinyimagenet not found: looked for {', '.join(missing)}; download "
             f"http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it in {Path(root)}, or "
             f"point --data-root / SPARSEBENCH_DATA at a folder that holds tiny-imagenet-200/")

@@ -20,7 +20,7 @@ import torch
 from bench.config import DataConfig
 from bench.data.base import DataBundle
 from bench.data.stored import Uint8Images
-from bench.errors import UserError
+from bench.errors import DataNotFound, UserError
 
 SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -90,7 +90,7 @@ def check(cfg: DataConfig, root: Path) -> dict[str, Path]:
     found = {key: find_file(folder, name) for key, name in FILES.items()}
     missing = [FILES[k] for k, p in found.items() if p is None]
     if missing:
-        raise UserError(
+        raise DataNotFound(
             f"mnist not found: looked in {folder} for {', '.join(missing)} (or .gz); get it with "
             f"python -c \"import torchvision; torchvision.datasets.MNIST('{Path(root)}', "
             f"download=True)\" (on a machine with network, then copy MNIST/ here), or point "
