@@ -395,6 +395,26 @@ def test_ctrl_c_in_preflight_says_there_is_nothing_to_resume(tmp_path, capsys, m
     assert out == "" and not (tmp_path / "root").exists()
 
 
+def test_a_long_timing_cycles_through_a_bounded_synthetic_set(tmp_path, monkeypatch):
+    """--preflight-steps 100000 built 100,002 batches of synthetic data at once (31 GB for
+    LeNet-300-100) and failed the run on memory; the set is at most 8 batches (or what the
+    scoring reads), and the steps are timed across its epochs."""
+    from bench import preflight as pf
+    from bench.preflight import synthetic_size
+
+    assert synthetic_size(100, 3, 0) == 500 and synthetic_size(100, 100_000, 0) == 800
+    assert synthetic_size(2, 1, 2000) == 2000  # GraSP: 10 per class of 200 classes
+    sizes = []
+    real = pf.synthetic_bundle
+    monkeypatch.setattr(pf, "synthetic_bundle", lambda shape, n: sizes.append(n) or real(
+        shape, n))
+    path = tmp_path / "one.toml"
+    path.write_text(ONE_RUN.format(model="lenet300_100", dataset="mnist", device="cpu"))
+    (run,) = load_grid(str(path)).runs
+    t = measure(run.config, 30, None, tmp_path / "no-data")  # 30 steps of batch 4: 4 epochs
+    assert sizes == [32] and t["data"] == "synthetic" and t["step_s"] > 0
+
+
 def test_bad_preflight_flags_are_user_errors(capsys):
     assert main(["run", "smoke", "--preflight", "--preflight-steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == \
