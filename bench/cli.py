@@ -65,8 +65,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if preflight_flags and not args.preflight:
         raise UserError(f"{preflight_flags[0]} only applies to --preflight")
     if args.preflight:
-        if args.executor != "slurm":
-            _no_slurm_flags(args)
+        # Preflight trains no run and times on this machine: a flag for training is a mistake
+        # about what it does, not something to ignore.
+        training = [flag for flag, given in (
+            ("--executor slurm", args.executor == "slurm"),
+            ("--jobs", args.jobs is not None), ("--retry-failed", args.retry_failed),
+            ("--no-report", args.no_report), ("--out", args.out),
+            ("--tensorboard", args.tensorboard), ("--wandb", args.wandb)) if given]
+        if training:
+            raise UserError(f"{training[0]} does not apply to --preflight: it trains no run "
+                            "and times on this machine")
+        _no_slurm_flags(args)
         return _preflight(args, grid, runs)
     data_root = Path(args.data_root) if args.data_root else None
     if args.dry_run:

@@ -163,6 +163,13 @@ GRID_CASES = [
      "--preflight-steps only applies to --preflight"),
     ("preflight-slurm-flag", GRID, ["--preflight", "--partition", "gpu"],
      "--partition only applies to --executor slurm"),
+    ("preflight-executor-slurm", GRID, ["--preflight", "--executor", "slurm"],
+     "--executor slurm does not apply to --preflight: it trains no run and times on this "
+     "machine"),
+    ("preflight-jobs", GRID, ["--preflight", "--jobs", "2"],
+     "--jobs does not apply to --preflight: it trains no run and times on this machine"),
+    ("preflight-out", GRID, ["--preflight", "--out", "report"],
+     "--out does not apply to --preflight: it trains no run and times on this machine"),
     ("seed-beyond-64-bits", GRID.replace("seeds = [0]", "seeds = [18446744073709551616]"), [],
      "{grid}:7: seed 18446744073709551616 must be an integer in [0, 4294967295]"),
     ("slurm-table-typo-locally", table('[slurm]\npartion = "gpu"\n'), [],
