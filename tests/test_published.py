@@ -216,6 +216,19 @@ def test_labels_at_one_x_are_pushed_apart_in_accuracy_order():
     assert label_heights(points, 20.0) == [50.0, 30.0, 70.0, 69.98]
 
 
+def test_dsr_entries_cite_their_row_and_column_of_table_2():
+    """Each DSR number names the row label and column header of the table on the authors'
+    ICML slide 7 (shared/seeds/000_*.txt), verbatim."""
+    labels = {"dense": "Full dense", "thin_dense": "Thin dense", "static": "Static sparse",
+              "deepr": "DeepR (Bellec et al., 2017)", "set": "SET (Mocanu et al., 2018)",
+              "dsr": "Dynamic sparse (Ours)", "gmp": "Compressed sparse (Zhu & Gupta, 2017)"}
+    columns = {0.0: "0.0 (25.6M)", 0.8: "0.8 (7.3M)", 0.9: "0.9 (5.1M)"}
+    dsr = [e for e in published.load(published.DEFAULT_PATH) if e.source.key == "dsr-icml2019"]
+    assert len(dsr) == 13
+    for e in dsr:
+        assert e.row == f"{labels[e.method]}, column {columns[e.sparsity]}", e
+
+
 def test_real_baselines_file_validates_and_holds_only_verified_numbers():
     entries = published.load()  # the repository's baselines/published.toml
     assert published.DEFAULT_PATH.name == "published.toml"
