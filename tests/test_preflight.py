@@ -333,8 +333,11 @@ def test_preflight_makes_the_checks_run_makes_before_timing(model, dataset, devi
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"sparsebench: error: {expected}")
     assert len(err.splitlines()) == 1
-    main([*args, "--dry-run"])  # the dry run's check says the same (after its data check)
     assert not (tmp_path / "root").exists()
+    # run says the same line, from the same check (bench.environment.check_runs), once the
+    # data is found; here it is absent, which preflight alone accepts
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("sparsebench: error: cifar10 not found")
 
 
 def test_preflight_times_absent_data_on_synthetic_and_fails_unreadable_data(tmp_path, capsys):
